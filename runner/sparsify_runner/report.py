@@ -1,0 +1,120 @@
+"""report.json: the schema of what a run gained and what it cost.
+
+Every pathway fills the same ``Report``; ``summary()`` derives the termination message.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .contract import RunSummary
+
+REPORT_SCHEMA_VERSION = "1"
+
+
+class LatencyStats(BaseModel):
+    """onnxruntime timings of one model (milliseconds per batch)."""
+
+    provider: str
+    batch_size: int
+    iterations: int
+    mean_ms: float
+    median_ms: float
+    p90_ms: float
+    std_ms: float
+    throughput_items_per_s: float
+
+
+class ModelStats(BaseModel):
+    """One model (baseline or optimized) measured the same way."""
+
+    file_size_bytes: int
+    compressed_size_bytes: int = Field(description="gzip size: zeros from sparsity only shrink this one")
+    parameters: int | None = None
+    sparsity: float = Field(0.0, description="fraction of zero weights in prunable layers")
+    flops: int | None = Field(None, description="multiply-accumulates per sample, when counted")
+    accuracy: float | None = None
+    f1: float | None = None
+    latency: LatencyStats | None = None
+
+
+class Fidelity(BaseModel):
+    """Agreement of the optimized model's outputs with the baseline's on held-out samples."""
+
+    samples: int
+    top1_agreement: float | None = None
+    cosine_similarity: float
+
+
+class LayerReport(BaseModel):
+    name: str
+    op_type: str
+    parameters: int
+    sparsity: float
+    quantized: bool | None = None
+    note: str | None = None
+
+
+class EpochRecord(BaseModel):
+    epoch: float
+    step: int
+    train_loss: float
+    val_accuracy: float | None = None
+    sparsity: float | None = None
+    lr: float | None = None
+
+
+class CandidateRecord(BaseModel):
+    """One alternative the optimizer measured before choosing (quantization settings, ...)."""
+
+    name: str
+    chosen: bool
+    latency_ms: float | None = None
+    speedup: float | None = None
+    fidelity: float | None = None
+    accuracy: float | None = None
+    note: str | None = None
+
+
+class Report(BaseModel):
+    schema_version: str = REPORT_SCHEMA_VERSION
+    experiment: dict[str, Any]
+    status: Literal["succeeded"] = "succeeded"
+    mode: Literal["baseline", "quantization-only", "unstructured", "channels"]
+    settings: dict[str, Any] = Field(default_factory=dict, description="effective recipe / settings")
+    baseline: ModelStats
+    optimized: ModelStats
+    fidelity: Fidelity | None = None
+    speedup: float | None = Field(None, description="baseline mean latency / optimized mean latency")
+    size_ratio: float | None = None
+    compressed_size_ratio: float | None = None
+    layers: list[LayerReport] = Field(default_factory=list)
+    candidates: list[CandidateRecord] = Field(default_factory=list)
+    training: list[EpochRecord] = Field(default_factory=list)
+    speedup_source: str = Field("", description="plain words: where the speedup (or none) came from")
+    notes: list[str] = Field(default_factory=list)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)
+
+    def summary(self) -> RunSummary:
+        return RunSummary(
+            status="succeeded",
+            model_uri=self.artifacts.get("model"),
+            report_uri=self.artifacts.get("report"),
+            mode=self.mode,
+            baseline_accuracy=self.baseline.accuracy,
+            optimized_accuracy=self.optimized.accuracy,
+            fidelity=(
+                self.fidelity.top1_agreement
+                if self.fidelity and self.fidelity.top1_agreement is not None
+                else (self.fidelity.cosine_similarity if self.fidelity else None)
+            ),
+            baseline_latency_ms=self.baseline.latency.mean_ms if self.baseline.latency else None,
+            optimized_latency_ms=self.optimized.latency.mean_ms if self.optimized.latency else None,
+            baseline_size_bytes=self.baseline.file_size_bytes,
+            optimized_size_bytes=self.optimized.file_size_bytes,
+            sparsity=self.optimized.sparsity,
+            speedup=self.speedup,
+        )

@@ -1,0 +1,203 @@
+"""The experiment: what one run of the runner does.
+
+Pure pydantic (no torch): the operator embeds this model in the ``SparsifyExperiment``
+CRD, ``sparsifyctl run`` builds it from flags, ``sparsify-runner run --experiment`` reads
+it from a file. Field names are snake_case in Python and camelCase on the wire (CRD,
+JSON/YAML experiment files); both spellings are accepted on input.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import InputError
+
+URI_SCHEMES = ("file", "s3", "http", "https")
+
+
+class ExperimentType(str, Enum):
+    one_shot = "one-shot"
+    sparse_transfer = "sparse-transfer"
+    training_aware = "training-aware"
+
+
+# Canonical use cases and the aliases the original product accepted for them.
+USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
+    "image-classification": ("image_classification", "ic", "classification", "cv-classification"),
+    "text-classification": (
+        "text_classification",
+        "nlp-text_classification",
+        "nlp-text-classification",
+        "sentiment-analysis",
+        "sentiment_analysis",
+        "nlp-sentiment_analysis",
+        "glue",
+    ),
+    "object-detection": ("object_detection", "od", "detection", "yolo"),
+}
+TRAINING_USE_CASES = ("image-classification", "text-classification")
+
+
+def normalize_use_case(value: str) -> str:
+    """Map aliases to the canonical name; unknown strings pass through (custom use cases)."""
+    key = value.strip().lower()
+    for canonical, aliases in USE_CASE_ALIASES.items():
+        if key == canonical or key in aliases:
+            return canonical
+    return key
+
+
+def uri_scheme(uri: str) -> str:
+    """``s3://b/k`` -> ``s3``; plain paths and ``file://`` -> ``file``."""
+    if "://" not in uri:
+        return "file"
+    return uri.split("://", 1)[0].lower()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, use_enum_values=False
+    )
+
+
+class DeployTarget(_Model):
+    """Where the optimized model will run: the export format and the benchmark follow it."""
+
+    runtime: Literal["onnxruntime"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    batch_size: int = Field(1, ge=1, le=4096)
+    # auto: QDQ for onnxruntime/TensorRT (the fastest here); qoperator: QLinear*/ConvInteger
+    # operators for sparsity-aware CPU runtimes that ignore QDQ.
+    quant_format: Literal["auto", "qdq", "qoperator"] = "auto"
+
+
+class Experiment(_Model):
+    """One sparsification experiment."""
+
+    name: str | None = Field(None, description="Free-form name used in reports and metrics.")
+    type: ExperimentType = Field(description="one-shot, sparse-transfer or training-aware.")
+    use_case: str = Field(
+        description="image-classification, text-classification (and aliases), object-detection, "
+        "or any custom string for one-shot."
+    )
+    model: str | None = Field(
+        None,
+        description="Model URI (path, file://, s3://, http(s)://): ONNX for one-shot, a "
+        "checkpoint/state dict or Hugging Face folder for training. Optional for sparse-transfer "
+        "(then chosen from the catalog).",
+    )
+    arch: str | None = Field(
+        None, description="torchvision architecture name when the model is a bare state dict."
+    )
+    data: str = Field(description="Dataset URI (a folder or an s3:// prefix).")
+    optim_level: float = Field(
+        0.5, ge=0.0, le=1.0, description="0 = baseline, <0.3 = INT8 only, >=0.3 = INT8 + sparsity."
+    )
+    teacher: str | None = Field(None, description="Distillation teacher URI (default: the dense model).")
+    recipe: str | None = Field(None, description="Recipe YAML URI overriding the optim-level recipe.")
+    recipe_args: dict[str, Any] = Field(default_factory=dict, description="Recipe variable overrides.")
+    train_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Training overrides: epochs, batch_size, lr, ..."
+    )
+    eval_metric: Literal["auto", "accuracy", "f1", "fidelity"] = Field(
+        "auto", description="auto: accuracy when labels exist, else fidelity to the baseline."
+    )
+    structure: Literal["unstructured", "channels"] = Field(
+        "unstructured",
+        description="unstructured: weight sparsity (smaller, not faster on onnxruntime); "
+        "channels: remove whole channels/heads/neurons (faster on any runtime).",
+    )
+    pruning_method: Literal["obs", "magnitude"] = Field(
+        "obs", description="One-shot pruning: obs (SparseGPT-style, calibrated) or magnitude."
+    )
+    catalog: str | None = Field(None, description="Sparse-transfer base-model catalog URI.")
+    deploy: DeployTarget = Field(default_factory=DeployTarget)
+    output: str = Field(".", description="Output location (folder or s3:// prefix).")
+    seed: int = 0
+
+    @field_validator("use_case")
+    @classmethod
+    def _use_case(cls, value: str) -> str:
+        value = normalize_use_case(value)
+        if not value:
+            raise ValueError("use case is empty; pass e.g. image-classification")
+        return value
+
+    @field_validator("model", "data", "teacher", "recipe", "catalog", "output")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("is empty; pass a path or a URI (file://, s3://, http(s)://)")
+        scheme = uri_scheme(value)
+        if scheme not in URI_SCHEMES:
+            raise ValueError(
+                f"unknown storage scheme '{scheme}://' in '{value}'; use a path, file://, s3:// or https://"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> Experiment:
+        if self.type in (ExperimentType.one_shot, ExperimentType.training_aware) and not self.model:
+            raise ValueError(f"{self.type.value} needs a model; pass --model")
+        if self.type != ExperimentType.one_shot and self.use_case not in TRAINING_USE_CASES:
+            raise ValueError(
+                f"use case '{self.use_case}' is not supported for {self.type.value}; "
+                f"use one of {', '.join(TRAINING_USE_CASES)} (custom use cases work with one-shot)"
+            )
+        if uri_scheme(self.output).startswith("http"):
+            raise ValueError("output cannot be http(s):// (read-only); use a folder or s3://")
+        return self
+
+    # ---- (de)serialization -------------------------------------------------------------
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase JSON-compatible dict (the CRD/experiment-file form)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "experiment"
+    msg = first["msg"].removeprefix("Value error, ")
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"invalid experiment field '{loc}': {msg}{extra}"
+
+
+def parse_experiment(data: dict[str, Any]) -> Experiment:
+    """Validate a dict into an Experiment; raise InputError with one line naming the field."""
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise InputError(_one_line(err)) from None
+
+
+def load_experiment(source: str) -> Experiment:
+    """Read an experiment from a JSON/YAML file path or an inline JSON string."""
+    text = source.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--experiment is not valid JSON: {err.msg} at column {err.colno}") from None
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"experiment file '{source}' does not exist; pass a JSON/YAML file or inline JSON")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise InputError(f"experiment file '{source}' is not valid YAML/JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"experiment '{source}' must be a mapping of fields (type, useCase, model, data, ...)")
+    # Accept a whole SparsifyExperiment manifest too: use its spec.experiment.
+    if "apiVersion" in data and isinstance(data.get("spec"), dict):
+        data = data["spec"].get("experiment", data["spec"])
+    return parse_experiment(data)
