@@ -9,7 +9,9 @@ import typer
 
 from .errors import EXIT_INTERNAL, SparsifyError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
+)
 
 
 @app.callback()
@@ -19,48 +21,63 @@ def _root() -> None:
 
 @app.command("run")
 def run_command(
-    experiment: str = typer.Option(..., "--experiment", "-e", help="Experiment JSON/YAML file or inline JSON."),
+    experiment: str = typer.Option(
+        ..., "--experiment", "-e", help="Experiment JSON/YAML file or inline JSON."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or summary table."),
     termination_log: str | None = typer.Option(
         None, "--termination-log", envvar="SPARSIFY_TERMINATION_LOG",
         help="Where to write the JSON run summary (default /dev/termination-log).",
     ),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", envvar="SPARSIFY_METRICS_PORT", min=0, max=65535,
+        help="Serve Prometheus /metrics on this port while running (off by default).",
+    ),
 ) -> None:
     """Run an experiment from a file: the same code path as ``sparsifyctl run``."""
     from .spec import load_experiment
 
-    execute(lambda: load_experiment(experiment), quiet=quiet, termination_log=termination_log)
+    execute(lambda: load_experiment(experiment), quiet=quiet, termination_log=termination_log,
+            metrics_port=metrics_port)
 
 
-def execute(make_experiment, *, quiet: bool = False, termination_log: str | None = None) -> None:
+def execute(
+    make_experiment,
+    *,
+    quiet: bool = False,
+    termination_log: str | None = None,
+    metrics_port: int | None = None,
+) -> None:
     """Build the experiment, run it, print the summary; map errors to one line + exit code."""
-    from .contract import RunSummary, write_termination_log
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         exp = make_experiment()
     except SparsifyError as err:
-        write_termination_log(
-            RunSummary(status="failed", exit_code=err.exit_code, reason=err.reason, error=str(err)),
-            termination_log,
-        )
+        from .run import fail_before_run
+
+        fail_before_run(err, termination_log)
         fail(err)
     from .run import run_experiment
-    from .summary import print_summary
 
     try:
-        report = run_experiment(exp, show_progress=not quiet, termination_log=termination_log)
+        report = run_experiment(
+            exp, show_progress=not quiet, termination_log=termination_log, metrics_port=metrics_port
+        )
     except SparsifyError as err:
         fail(err)
     except KeyboardInterrupt:
         typer.echo("error: interrupted; nothing was published", err=True)
         raise typer.Exit(130) from None
     if not quiet:
+        from .summary import print_summary
+
         print_summary(report)
 
 
 def fail(err: BaseException) -> None:
-    typer.echo(f"error: {err}", err=True)
+    from .storage.common import redact
+
+    typer.echo(f"error: {redact(str(err))}", err=True)
     raise typer.Exit(getattr(err, "exit_code", EXIT_INTERNAL))
 
 

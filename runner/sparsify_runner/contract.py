@@ -6,6 +6,7 @@ it into the experiment's status. Pure pydantic, no torch (the operator imports t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -67,7 +68,10 @@ def write_termination_log(summary: RunSummary, path: str | None = None) -> None:
     target = path or os.environ.get("SPARSIFY_TERMINATION_LOG", DEFAULT_TERMINATION_LOG)
     if not target:
         return
-    try:
+    from .storage.common import redact  # stdlib-only; credentials never reach the message
+
+    if summary.error:
+        summary = summary.model_copy(update={"error": redact(summary.error)})
+    # Not in a pod (no /dev/termination-log) or not writable: nothing to report to.
+    with contextlib.suppress(OSError):
         Path(target).write_text(summary.to_message(), encoding="utf-8")
-    except OSError:
-        pass  # not in a pod (no /dev/termination-log) or not writable: nothing to report to

@@ -1,11 +1,12 @@
 """Errors users can act on, and the exit codes the Job's podFailurePolicy keys on.
 
-Exit codes (documented in the README, used by the operator's podFailurePolicy):
+Exit codes (documented in docs/runner-io.md, used by the operator's podFailurePolicy):
 
 * 0  success
 * 1  internal error (a bug; a retry might help, the pod failure counts)
 * 2  bad input: the spec, model or data is wrong; no retry helps (FailJob)
 * 75 transient failure (EX_TEMPFAIL): storage/network trouble; a retry may help
+* 130 interrupted by Ctrl-C (local runs)
 * 143 stopped by SIGTERM (preemption); a checkpoint was written, the retry resumes
 """
 

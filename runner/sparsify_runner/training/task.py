@@ -1,0 +1,106 @@
+"""A task binds data and model kind: datasets of ``(inputs: dict, label)``, the forward
+call, example inputs for export/pruning, and numpy samples for onnxruntime evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ..errors import InputError
+
+
+class _ImageDataset(Dataset):
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return {"input": x}, y
+
+
+class _TensorDictDataset(Dataset):
+    def __init__(self, tensors: dict[str, torch.Tensor], labels: list[int]) -> None:
+        self.tensors, self.labels = tensors, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return {k: v[i] for k, v in self.tensors.items()}, self.labels[i]
+
+
+@dataclass
+class Task:
+    kind: str
+    classes: list[str]
+    train: Dataset
+    val: Dataset
+    input_names: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.kind == "image":
+            return model(inputs["input"])
+        return model(**inputs).logits
+
+    def example_inputs(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        sample, _ = self.val[0]
+        return {k: v.unsqueeze(0).repeat(batch, *([1] * v.dim())) for k, v in sample.items()}
+
+    def numpy_samples(self, dataset: Dataset, limit: int | None = None) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+        n = len(dataset) if limit is None else min(limit, len(dataset))
+        samples, labels = [], []
+        for i in range(n):
+            inputs, y = dataset[i]
+            samples.append({k: v.numpy() for k, v in inputs.items()})
+            labels.append(int(y))
+        return samples, labels
+
+
+def _subset(ds: Dataset, limit: int, seed: int) -> Dataset:
+    if limit <= 0 or limit >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    return Subset(ds, torch.randperm(len(ds), generator=g)[:limit].tolist())
+
+
+def image_task(splits, image_size: int, *, max_train: int = 0, max_val: int = 0, seed: int = 0) -> Task:
+    from ..data.imagefolder import build_datasets
+
+    train, val = build_datasets(splits, image_size)
+    if train.classes != val.classes:
+        raise InputError(f"classes differ between '{splits.train_dir}' and '{splits.val_dir}'")
+    return Task(
+        "image", list(train.classes),
+        _ImageDataset(_subset(train, max_train, seed)), _ImageDataset(_subset(val, max_val, seed)),
+        ["input"], {"image_size": image_size},
+    )
+
+
+def text_task(splits, tokenizer, max_length: int, *, max_train: int = 0, max_val: int = 0, seed: int = 0) -> Task:
+    def encode(rows):
+        first, second = splits.texts(rows)
+        enc = tokenizer(first, second, truncation=True, padding="max_length", max_length=max_length,
+                        return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    train = _TensorDictDataset(encode(splits.train_rows), splits.labels(splits.train_rows))
+    val = _TensorDictDataset(encode(splits.val_rows), splits.labels(splits.val_rows))
+    return Task(
+        "text", list(splits.classes), _subset(train, max_train, seed), _subset(val, max_val, seed),
+        list(encode(splits.train_rows[:1]).keys()), {"max_length": max_length},
+    )
+
+
+def default_max_length(splits, tokenizer) -> int:
+    first, second = splits.texts(splits.train_rows[:2000])
+    lengths = [len(ids) for ids in tokenizer(first, second)["input_ids"]] if first else [16]
+    p95 = int(np.percentile(lengths, 95))
+    return int(min(256, max(16, -(-p95 // 8) * 8)))

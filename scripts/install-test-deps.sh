@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the integration tests start that pip cannot provide:
+#   * Debian's prometheus-pushgateway (tests/runner_io start it on a loopback port).
+# Idempotent: quick no-op when everything is already there. `.ci/run` runs as root on a
+# fresh machine; as another user a missing package is reported with the command to run.
+set -euo pipefail
+
+PUSHGATEWAY_BIN="${SPARSIFY_TEST_PUSHGATEWAY:-/usr/bin/prometheus-pushgateway}"
+missing=()
+[[ -x "$PUSHGATEWAY_BIN" ]] || missing+=(prometheus-pushgateway)
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+if [[ "$(id -u)" -ne 0 ]]; then
+    echo "missing test dependencies: ${missing[*]}" >&2
+    echo "install them with: sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The package starts a system service where systemd runs; the tests start their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus-pushgateway 2>/dev/null; then
+    systemctl stop prometheus-pushgateway || true
+fi
+[[ -x "$PUSHGATEWAY_BIN" ]] || { echo "prometheus-pushgateway did not install $PUSHGATEWAY_BIN" >&2; exit 1; }
+echo "installed: ${missing[*]}"

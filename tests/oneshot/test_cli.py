@@ -1,0 +1,207 @@
+"""End to end through the real entry points: ``sparsifyctl run one-shot`` and ``sparsify-runner run``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from .conftest import FAST, run_cli, write_samples
+
+
+def _run(tiny_onnx: Path, data: Path, out: Path, level: float, capsys, *extra: str):
+    return run_cli(
+        [
+            "run",
+            "one-shot",
+            "--use-case",
+            "my-custom-sensor",
+            "--model",
+            str(tiny_onnx),
+            "--data",
+            str(data),
+            "--optim-level",
+            str(level),
+            "--output",
+            str(out),
+            "--recipe-args",
+            FAST,
+            *extra,
+        ],
+        capsys,
+    )
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_level_0_returns_baseline_unchanged(tiny_onnx, samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(tiny_onnx, samples, out, 0.0, capsys)
+    assert code == 0, stderr
+    assert (out / "model.onnx").read_bytes() == tiny_onnx.read_bytes()
+    rep = _report(out)
+    assert rep["mode"] == "baseline" and rep["candidates"] == []
+    assert rep["fidelity"]["top1_agreement"] == 1.0
+    assert rep["baseline"]["accuracy"] == rep["optimized"]["accuracy"]
+    assert rep["experiment"]["useCase"] == "my-custom-sensor"
+    assert "baseline" in stdout and "unchanged" in rep["speedup_source"]
+
+
+def test_level_02_int8_only(tiny_onnx, samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(tiny_onnx, samples, out, 0.2, capsys)
+    assert code == 0, stderr
+    rep = _report(out)
+    assert rep["mode"] == "quantization-only"
+    assert rep["settings"]["target_sparsity"] == 0.0 and rep["settings"]["quantize"] is True
+    chosen = [c for c in rep["candidates"] if c["chosen"]]
+    assert len(chosen) == 1 and len(rep["candidates"]) >= 4
+    assert rep["settings"]["holdout_samples"] == 8 and rep["settings"]["holdout_disjoint"]
+    assert rep["baseline"]["latency"]["iterations"] > 0 and rep["speedup"] > 0
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert quantized == (chosen[0]["name"] != "fp32")
+    if not quantized:  # the honest fallback must say so
+        assert any("INT8 not applied" in n for n in rep["notes"])
+    else:
+        fid = rep["fidelity"]["top1_agreement"]
+        assert fid >= 0.99
+    assert "INT8" in stdout
+
+
+def test_level_05_prunes_and_reports_layers(tiny_onnx, samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(tiny_onnx, samples, out, 0.5, capsys, "--pruning-method", "magnitude")
+    assert code == 0, stderr
+    rep = _report(out)
+    assert rep["mode"] == "unstructured"
+    assert rep["settings"]["target_sparsity"] == pytest.approx(0.4 + 0.4 * 0.2 / 0.7, abs=1e-6)
+    assert rep["optimized"]["sparsity"] > 0.2 and rep["baseline"]["sparsity"] == 0.0
+    assert rep["optimized"]["compressed_size_bytes"] < rep["baseline"]["compressed_size_bytes"]
+    assert any(ly["sparsity"] > 0 for ly in rep["layers"])
+    assert "unstructured sparsity" in rep["speedup_source"] and "no speed" in rep["speedup_source"]
+    assert any("compressed size" in n for n in rep["notes"])
+    assert rep["fidelity"]["samples"] == 8 and 0 <= rep["fidelity"]["cosine_similarity"] <= 1.0001
+    from sparsify_runner.evaluate import run_onnx
+
+    assert run_onnx(out / "model.onnx", [{"x": np.zeros((3, 16, 16), np.float32)}])[0].shape == (10,)
+
+
+def test_runner_experiment_file_same_path(tiny_onnx, tmp_path, capsys):
+    from sparsify_runner.cli import app
+    from typer.testing import CliRunner
+
+    data = write_samples(tmp_path / "nolabels", 12, labels=False)
+    out = tmp_path / "out"
+    exp = {
+        "type": "one-shot",
+        "useCase": "ic",
+        "model": str(tiny_onnx),
+        "data": str(data),
+        "optimLevel": 0.0,
+        "output": str(out),
+        "recipeArgs": json.loads(FAST),
+    }
+    (tmp_path / "exp.yaml").write_text(json.dumps(exp))
+    result = CliRunner().invoke(app, ["run", "--experiment", str(tmp_path / "exp.yaml"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    rep = _report(out)
+    assert rep["baseline"]["accuracy"] is None and rep["fidelity"]["samples"] == 2
+
+
+# ---- bad input: exit 2, one line on stderr, nothing written ------------------------------
+def _bad_cases(
+    tmp: Path, tiny_onnx: Path, dynamic_onnx: Path, samples: Path
+) -> dict[str, tuple[list[str], str]]:
+    junk = tmp / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf at all" * 20)
+    unreadable = tmp / "locked.onnx"
+    unreadable.write_bytes(tiny_onnx.read_bytes())
+    unreadable.chmod(0)
+    empty = tmp / "empty"
+    empty.mkdir()
+    names = write_samples(tmp / "names", 3, name="image")
+    shapes = write_samples(tmp / "shapes", 3, shape=(3, 32, 32))
+
+    def args(model: Path, data: Path, level: str = "0.2", kind: str = "one-shot") -> list[str]:
+        return [
+            "run",
+            kind,
+            "--use-case",
+            "ic",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--optim-level",
+            level,
+        ]
+
+    return {
+        "missing model": (args(tmp / "nope.onnx", samples), "does not exist"),
+        "unreadable model": (args(unreadable, samples), "cannot be read"),
+        "not onnx": (args(junk, samples), "not an ONNX model"),
+        "dynamic shapes": (args(dynamic_onnx, samples), "dynamic shape"),
+        "missing data": (args(tiny_onnx, tmp / "nodata"), "does not exist"),
+        "npz names": (args(tiny_onnx, names), "missing input(s) 'x'"),
+        "npz shapes": (args(tiny_onnx, shapes), "expected shape (3, 16, 16)"),
+        "empty data": (args(tiny_onnx, empty), "no .npz files"),
+        "optim level": (args(tiny_onnx, samples, level="1.5"), "optim_level"),
+        "experiment type": (args(tiny_onnx, samples, kind="two-shot"), "unknown experiment type"),
+        "recipe key": (args(tiny_onnx, samples) + ["--recipe-args", '{"bogus": 1}'], "'bogus'"),
+    }
+
+
+def test_bad_inputs_exit_2_one_line_nothing_written(tiny_onnx, dynamic_onnx, samples, tmp_path, capsys):
+    import os
+
+    cases = _bad_cases(tmp_path, tiny_onnx, dynamic_onnx, samples)
+    for name, (argv, expected) in cases.items():
+        if name == "unreadable model" and os.geteuid() == 0:
+            continue  # root reads anything
+        out = tmp_path / f"out-{name.replace(' ', '-')}"
+        code, _, stderr = run_cli(argv + ["--output", str(out)], capsys)
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        assert code == 2, (name, stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, stderr)
+        assert expected in lines[0], (name, lines[0])
+        assert not out.exists() or not any(out.iterdir()), name
+
+
+def test_interrupted_run_leaves_no_model(tiny_onnx, samples, tmp_path, monkeypatch, capsys):
+    import sparsify_runner.benchmark as bench
+
+    def boom(*args, **kwargs):  # after model.onnx was staged, before publishing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "measure_latency", boom)
+    out = tmp_path / "out"
+    code, _, stderr = _run(tiny_onnx, samples, out, 0.0, capsys)
+    assert code == 130 and "nothing was published" in stderr
+    assert not (out / "model.onnx").exists() and not (out / "report.json").exists()
+
+
+def test_benchmark_and_compare_commands(tiny_onnx, samples, tmp_path, capsys):
+    code, stdout, stderr = run_cli(
+        ["benchmark", str(tiny_onnx), "--compare", str(tiny_onnx), "--time", "0.1", "--json"], capsys
+    )
+    assert code == 0, stderr
+    payload = json.loads(stdout)
+    assert len(payload["models"]) == 2 and payload["speedup"] > 0
+    code, stdout, _ = run_cli(["benchmark", str(tiny_onnx), "--scenario", "async", "--time", "0.1"], capsys)
+    assert code == 0 and "throughput (items/sec)" in stdout and "latency p90" in stdout
+    code, _, stderr = run_cli(["benchmark", str(tmp_path / "missing.onnx")], capsys)
+    assert code == 2 and "does not exist" in stderr
+
+    out = tmp_path / "out"
+    assert _run(tiny_onnx, samples, out, 0.0, capsys)[0] == 0
+    code, stdout, _ = run_cli(["compare", str(out), str(out / "report.json")], capsys)
+    assert code == 0 and "speedup" in stdout and "baseline" in stdout
+    code, _, stderr = run_cli(["compare", str(tmp_path / "none")], capsys)
+    assert code == 2 and "does not exist" in stderr

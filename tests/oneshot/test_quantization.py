@@ -1,0 +1,87 @@
+"""quantize_int8: valid QDQ/QOperator graphs that run, measured candidates, honest fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from sparsify_runner.evaluate import run_onnx
+
+
+def _samples(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((3, 16, 16)).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_quantize_int8_picks_candidate_and_records_alternatives(tiny_onnx, tmp_path, fmt):
+    from sparsify_runner.modifiers.quantization import quantize_int8
+
+    out = tmp_path / "int8.onnx"
+    result = quantize_int8(
+        tiny_onnx,
+        _samples(16),
+        out,
+        holdout=_samples(8, seed=1),
+        quant_format=fmt,
+        max_fidelity_loss=1.0,
+        min_speedup=0.0,
+        bench_seconds=0.05,
+    )
+    assert result.quantized and result.chosen.startswith("int8-")
+    chosen = [c for c in result.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].name == result.chosen
+    assert len(result.candidates) >= 4 and any(c.name == "fp32" for c in result.candidates)
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    if fmt == "qdq":
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    else:
+        assert ops & {"QLinearConv", "ConvInteger"}
+    outs = run_onnx(out, _samples(4, seed=2))
+    assert len(outs) == 4 and outs[0].shape == (10,)
+    assert not list(tmp_path.glob(".quant-*")), "work files must be cleaned up"
+
+
+def test_quantize_int8_falls_back_to_fp32_when_nothing_qualifies(tiny_onnx, tmp_path):
+    from sparsify_runner.modifiers.quantization import quantize_int8
+
+    out = tmp_path / "int8.onnx"
+    # An impossible speed requirement: no INT8 candidate qualifies, FP32 is returned and said so.
+    result = quantize_int8(
+        tiny_onnx,
+        _samples(8),
+        out,
+        holdout=_samples(6, seed=1),
+        min_speedup=1000.0,
+        bench_seconds=0.05,
+        time_budget_s=60,
+    )
+    assert not result.quantized and result.chosen == "fp32"
+    assert out.read_bytes() == tiny_onnx.read_bytes()
+    assert any("INT8 not applied" in n for n in result.notes)
+    assert [c.name for c in result.candidates if c.chosen] == ["fp32"]
+    names = [c.name for c in result.candidates]
+    assert any("fp32-top" in n for n in names) or any("depthwise" in n for n in names)
+
+
+def test_node_sensitivity_ranks_quantized_nodes(tiny_onnx, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_static
+    from sparsify_runner.modifiers.quantization import _Reader, node_sensitivity
+
+    q = tmp_path / "q.onnx"
+    quantize_static(
+        str(tiny_onnx),
+        str(q),
+        _Reader(_samples(8), 1),
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    ranked = node_sensitivity(tiny_onnx, q, _samples(4), 1)
+    names = [n for n, _ in ranked]
+    conv_names = [n.name for n in onnx.load(str(tiny_onnx)).graph.node if n.op_type == "Conv"]
+    assert set(conv_names) <= set(names)
+    errors = [e for _, e in ranked]
+    assert errors == sorted(errors, reverse=True)
