@@ -49,9 +49,20 @@ async def _one(n: int) -> dict:
         await c.secret(NS, "s3-creds")
         env = {**os.environ, "KUBECONFIG": c.kubeconfig, "SPARSIFY_PEERING": ""}
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from sparsify_operator.main import main; main()",
-             "--all-namespaces", "--liveness", "", "--metrics-port", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-c",
+                "from sparsify_operator.main import main; main()",
+                "--all-namespaces",
+                "--liveness",
+                "",
+                "--metrics-port",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             await asyncio.sleep(3.0)  # operator start-up (imports, API discovery, watches)
@@ -106,7 +117,7 @@ async def _one(n: int) -> dict:
         finally:
             proc.terminate()
             try:
-                proc.wait(30)
+                await asyncio.to_thread(proc.wait, 30)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
@@ -117,13 +128,18 @@ def main() -> None:
     args = parser.parse_args()
     sizes = args.n or [100, 1000]
     results = [asyncio.run(_one(n)) for n in sizes]
-    print(json.dumps({
-        "benchmark": "operator_scale",
-        "setup": "real sparsify-operator process vs kmock emulator on loopback; latency = create -> "
-                 "status.jobName; emulator runs in the benchmark process (shared CPU)",
-        "cpu_count": os.cpu_count(),
-        "runs": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "operator_scale",
+                "setup": "real sparsify-operator process vs kmock emulator on loopback; latency = create -> "
+                "status.jobName; emulator runs in the benchmark process (shared CPU)",
+                "cpu_count": os.cpu_count(),
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

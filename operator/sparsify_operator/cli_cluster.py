@@ -308,6 +308,7 @@ def apply_command(
     for doc in docs:
         ns = (doc.get("metadata") or {}).get("namespace") or _namespace(namespace, context)
         name = doc["metadata"]["name"]
+        doc["metadata"]["namespace"] = ns
         from .kube import ApiError
 
         try:

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -46,8 +48,10 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 @kopf.on.startup(id="configure")
-def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure(settings)
+    # API calls run in threads (the kubernetes client is sync): more than the default few.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(32, thread_name_prefix="kube"))
     # Namespace mode: no cluster-wide namespace scanning (the Role grants none).
     settings.scanning.disabled = bool(memo.get("namespaced", False))
     if getattr(memo, "reconciler", None) is None:

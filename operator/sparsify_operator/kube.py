@@ -164,7 +164,7 @@ class Kube:
         items = self.request("GET", path, query={"labelSelector": f"job-name={job_name}"})["items"]
         return [p for p in items if (p["metadata"].get("labels") or {}).get("job-name") == job_name]
 
-    def pod_logs(self, namespace: str, pod: str, *, tail: int | None = None, follow: bool = False) -> str:
+    def pod_logs(self, namespace: str, pod: str, tail: int | None = None, follow: bool = False) -> str:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
         query = {"tailLines": tail, "follow": "true" if follow else None}
         return self.request("GET", path, query=query, raw=True)

@@ -60,7 +60,7 @@ def run(
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide,
-            namespaces=namespaces if not clusterwide else None,
+            namespaces=[] if clusterwide else namespaces,
             liveness_endpoint=liveness or None,
             standalone=not peering,
             peering_name=peering or None,

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -179,42 +180,66 @@ def _sigterm_guard(telemetry: Telemetry, termination_log: str | None) -> Iterato
     """SIGTERM (preemption, ``kubectl delete``) -> ``Terminated`` (exit 143) with the
     termination message written and metrics pushed.
 
-    The handler sets the stop flag of ``signals`` (a training loop that polls it saves a
-    checkpoint first; it installs its own handler while it runs) and raises in the main
-    thread. A watchdog ends the process with the same message if the main thread is stuck
-    in native code past ``SPARSIFY_STOP_GRACE_SECONDS`` (default 20 s, under Kubernetes'
-    default 30 s grace period)."""
+    The Python handler sets the stop flag of ``signals`` (a training loop that polls it
+    saves a checkpoint first; it installs its own handler while it runs) and raises in the
+    main thread. Python handlers only run between bytecodes, so a main thread busy in
+    native code would miss the deadline: the signal's wakeup fd, read by a watcher thread,
+    arms a watchdog that writes the same message and exits 143 if the run has not ended
+    ``SPARSIFY_STOP_GRACE_SECONDS`` (default 90, under the operator's 120 s grace period)
+    after the signal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     from . import signals
 
     done = threading.Event()
+    lock = threading.Lock()
     timers: list[threading.Timer] = []
+    grace = float(os.environ.get("SPARSIFY_STOP_GRACE_SECONDS", "90"))
 
     def force_exit() -> None:
         if done.is_set():
             return
         err = Terminated(
-            "stopped by SIGTERM (preempted or deleted); the retry resumes from the last checkpoint"
+            f"stopped by SIGTERM: the run did not stop within {grace:g} s (busy in native code), so it "
+            "was ended; the retry resumes from the last checkpoint"
         )
         _fail(err, EXIT_TERMINATED, err.reason, telemetry, termination_log)
         os._exit(EXIT_TERMINATED)
 
-    def handler(signum, frame) -> None:  # noqa: ARG001
+    def arm() -> None:
         signals.request_stop()
-        if not timers:
-            grace = float(os.environ.get("SPARSIFY_STOP_GRACE_SECONDS", "20"))
-            timer = threading.Timer(grace, force_exit)
-            timer.daemon = True
-            timer.start()
-            timers.append(timer)
-            raise Terminated(
-                "stopped by SIGTERM (preempted or deleted) before finishing; "
-                "the retry resumes from the last checkpoint"
-            )
+        with lock:
+            if not timers and not done.is_set():
+                timer = threading.Timer(grace, force_exit)
+                timer.daemon = True
+                timer.start()
+                timers.append(timer)
+
+    def handler(signum, frame) -> None:  # noqa: ARG001
+        arm()
+        raise Terminated(
+            "stopped by SIGTERM (preempted or deleted) before finishing; "
+            "the retry resumes from the last checkpoint"
+        )
+
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+
+    def watch() -> None:
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data:
+                arm()
 
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=watch, name="sigterm-watch", daemon=True).start()
     try:
         yield
     finally:
@@ -222,4 +247,9 @@ def _sigterm_guard(telemetry: Telemetry, termination_log: str | None) -> Iterato
         for timer in timers:
             timer.cancel()
         with contextlib.suppress(Exception):
+            signal.set_wakeup_fd(previous_fd)
             signal.signal(signal.SIGTERM, previous)
+        with contextlib.suppress(OSError):
+            writer.shutdown(socket.SHUT_RDWR)
+        writer.close()
+        reader.close()

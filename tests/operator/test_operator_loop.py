@@ -213,3 +213,78 @@ def test_repeated_events_never_duplicate_jobs():
                 assert json.dumps(pre_status).count("JobCreated") >= 1
 
     run(scenario())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_operator_entry_point_metrics_and_liveness():
+    """`sparsify-operator` as a process: reconciles, serves /metrics and the liveness probe."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    async def scenario():
+        async with Cluster() as c:
+            await c.secret(NS, "s3-creds")
+            metrics_port, live_port = _free_port(), _free_port()
+            env = {**os.environ, "KUBECONFIG": c.kubeconfig, "SPARSIFY_PEERING": ""}
+            cmd = [
+                sys.executable,
+                "-c",
+                "from sparsify_operator.main import main; main()",
+                "--all-namespaces",
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness",
+                f"http://127.0.0.1:{live_port}/healthz",
+            ]
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                await c.create(EXP, experiment("proc"))
+                await _phase(c, "proc", "Pending", timeout=40)
+                assert len(await _jobs(c)) == 1
+
+                def get(url: str) -> tuple[int, str]:
+                    with urllib.request.urlopen(url, timeout=5) as resp:
+                        return resp.status, resp.read().decode()
+
+                async def metrics_ok():
+                    try:
+                        _, text = await asyncio.to_thread(get, f"http://127.0.0.1:{metrics_port}/metrics")
+                    except OSError:
+                        return False
+                    return 'sparsify_operator_experiments{phase="Pending"} 1.0' in text and text
+
+                text = await wait_for(metrics_ok, timeout=20, what="metrics")
+                assert "sparsify_operator_reconcile_duration_seconds_bucket" in text
+                assert "sparsify_operator_job_failures_total" in text
+                status, _ = await asyncio.to_thread(get, f"http://127.0.0.1:{live_port}/healthz")
+                assert status == 200
+            finally:
+                proc.terminate()  # the emulator must keep serving while kopf shuts down
+                await asyncio.to_thread(proc.wait, 30)
+
+    run(scenario())
+
+
+def test_operator_requires_a_scope():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from sparsify_operator.main import main; main()"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2 and "--namespace" in proc.stderr

@@ -2,7 +2,8 @@
 codes, termination message, SIGTERM, /metrics during a run) without minutes of compute.
 
 Everything but the pathway is the real runner: CLI, storage, telemetry, publish.
-STANDIN_MODE: ok | crash | wait (wait until STANDIN_FLAGS/go exists); the pathway writes
+STANDIN_MODE: ok | crash | wait (wait until STANDIN_FLAGS/go exists) | native (block in C);
+the pathway writes
 STANDIN_FLAGS/started when it begins.
 """
 
@@ -26,6 +27,12 @@ def _pathway(ctx):
     mode = os.environ.get("STANDIN_MODE", "ok")
     if mode == "crash":
         raise RuntimeError("stand-in pathway crashed")
+    if mode == "native":  # the main thread stuck in C: glibc's system() retries waitpid on EINTR
+        import ctypes
+
+        ctypes.CDLL(None).system(
+            f"touch '{flags}/in_native'; exec sleep 8 </dev/null >/dev/null 2>&1".encode()
+        )
     if mode == "wait":
         while not (flags / "go").exists():
             time.sleep(0.05)

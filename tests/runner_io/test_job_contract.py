@@ -147,6 +147,29 @@ def test_sigterm_exit_143_preempted(s3, s3env, tmp_path, pushgateway):
     assert pushed[mkey("sparsify_run_failures_total", reason="Preempted", **group)] == 1
 
 
+def test_sigterm_while_stuck_in_native_code_still_reports(s3, s3env, tmp_path):
+    """The Python handler cannot run while the main thread is in C; the watchdog can."""
+    _inputs(s3)
+    env = _env(s3env, tmp_path, STANDIN_MODE="native", SPARSIFY_STOP_GRACE_SECONDS="0.5")
+    proc = subprocess.Popen(
+        [*STANDIN, "run", "--quiet", "--experiment", _experiment(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(tmp_path / "in_native", proc)  # the main thread is inside system() now
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    summary = read_summary(tmp_path / "termination-log")
+    assert summary["reason"] == "Preempted" and "did not stop within 0.5 s" in summary["error"]
+    assert keys(s3, "outputs") == []
+
+
 def test_metrics_scraped_during_a_run_then_success(s3, s3env, tmp_path):
     _inputs(s3)
     port = free_port()

@@ -54,3 +54,21 @@ def test_http_unreachable_is_transient_and_redacted(monkeypatch, tmp_path):
     with pytest.raises(TransientError) as info:
         storage.fetch(url, what="model")
     assert "deadbeef" not in str(info.value) and "<redacted>" in str(info.value)
+
+
+def test_presigned_s3_url(s3, s3env):
+    """A URL presigned for GET (HEAD is not covered by its signature) downloads fine, and
+    its signature never shows up in an error."""
+    s3.create_bucket(Bucket="shared")
+    s3.put_object(Bucket="shared", Key="model.onnx", Body=b"presigned-model")
+    url = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "shared", "Key": "model.onnx"}, ExpiresIn=600
+    )
+    assert storage.fetch(url, what="model").read_bytes() == b"presigned-model"
+
+    missing = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "shared", "Key": "nope"}, ExpiresIn=600
+    )
+    with pytest.raises(InputError) as info:
+        storage.fetch(missing, what="model")
+    assert "Signature" not in str(info.value) and "<redacted>" in str(info.value)

@@ -40,8 +40,8 @@ def _open(url: str, method: str, what: str):
         try:
             return urllib.request.urlopen(req, timeout=float(os.environ.get("SPARSIFY_HTTP_TIMEOUT", "30")))
         except urllib.error.HTTPError as err:
-            if method == "HEAD" and err.code in (405, 501):
-                return None
+            if method == "HEAD" and err.code not in (404, 410) and err.code < 500:
+                return None  # no HEAD (405/501) or a URL presigned for GET only (403): just GET
             if err.code == 404:
                 raise InputError(f"{what} '{shown}': not found (HTTP 404); check the URL") from None
             if err.code in (401, 403):
