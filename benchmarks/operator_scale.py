@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +49,8 @@ async def _one(n: int) -> dict:
     async with Cluster() as c:
         await c.secret(NS, "s3-creds")
         env = {**os.environ, "KUBECONFIG": c.kubeconfig, "SPARSIFY_PEERING": ""}
+        log_path = Path(tempfile.mkdtemp(prefix="operator-bench-")) / "operator.log"
+        log = log_path.open("w")
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -61,13 +64,12 @@ async def _one(n: int) -> dict:
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=log,
         )
         try:
             await asyncio.sleep(3.0)  # operator start-up (imports, API discovery, watches)
             if proc.poll() is not None:
-                raise RuntimeError(f"operator exited: {proc.stderr.read()[-2000:]}")
+                raise RuntimeError(f"operator exited; log: {log_path}")
             idle = _rss_mb(proc.pid)
             created: dict[str, float] = {}
             done: dict[str, float] = {}
@@ -89,8 +91,7 @@ async def _one(n: int) -> dict:
             peak = idle
             while len(done) < n:
                 if time.monotonic() > deadline:
-                    proc.terminate()
-                    raise RuntimeError(f"only {len(done)}/{n} reconciled: {proc.stderr.read()[-3000:]}")
+                    raise RuntimeError(f"only {len(done)}/{n} reconciled; operator log: {log_path}")
                 for obj in await c.list(EXP, NS):
                     name = obj["metadata"]["name"]
                     if name not in done and (obj.get("status") or {}).get("jobName"):

@@ -133,9 +133,12 @@ def main() -> None:
         dense = logits(dense_model, held)
         rows = []
         for sparsity in args.sparsities:
-            for method in ("obs", "magnitude"):
+            for method in ("obs", "obs-no-upstream-correction", "magnitude"):
                 t0 = time.perf_counter()
-                res = prune_onnx(dense_model, calib, sparsity, method=method)
+                if method == "obs-no-upstream-correction":
+                    res = prune_onnx(dense_model, calib, sparsity, method="obs", correct_upstream=False)
+                else:
+                    res = prune_onnx(dense_model, calib, sparsity, method=method)
                 wall = time.perf_counter() - t0
                 out = logits(res.model, held)
                 rows.append(

@@ -19,9 +19,13 @@ def _fail(err: Exception) -> None:
 
 @catalog_app.command("register")
 def register_command(
-    run_output: Path = typer.Argument(..., help="Output folder of a finished training run (report.json + model.pt)."),
+    run_output: Path = typer.Argument(
+        ..., help="Output folder of a finished training run (report.json + model.pt)."
+    ),
     catalog: Path = typer.Option(..., "--catalog", help="Catalog YAML/JSON file (created when missing)."),
-    name: str | None = typer.Option(None, "--name", help="Entry name (default: experiment name or folder name)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Entry name (default: experiment name or folder name)."
+    ),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset the model was trained on."),
     description: str | None = typer.Option(None, "--description", help="Free text."),
 ) -> None:
@@ -34,8 +38,10 @@ def register_command(
         result = register(catalog, entry)
     except SparsifyError as err:
         _fail(err)
-    typer.echo(f"registered '{entry.name}' ({entry.use_case}, sparsity {entry.sparsity:.0%}) in {catalog} "
-               f"({len(result.models)} models)")
+    typer.echo(
+        f"registered '{entry.name}' ({entry.use_case}, sparsity {entry.sparsity:.0%}) in {catalog} "
+        f"({len(result.models)} models)"
+    )
 
 
 @catalog_app.command("list")
@@ -47,7 +53,6 @@ def list_command(
     """List base models (largest first, per use case) and which one an optim level picks."""
     from rich.console import Console
     from rich.table import Table
-
     from sparsify_runner.catalog import load_catalog, select
     from sparsify_runner.errors import SparsifyError
     from sparsify_runner.spec import normalize_use_case
@@ -62,8 +67,16 @@ def list_command(
             picked, ordered = select(cat, uc, optim_level if optim_level is not None else 0.0)
             for e in ordered:
                 mark = "<-" if optim_level is not None and e is picked else ""
-                table.add_row(uc, e.name, f"{e.parameters:,}" if e.parameters else "-", f"{e.sparsity:.0%}",
-                              f"{e.accuracy:.4f}" if e.accuracy is not None else "-", e.structure, e.uri, mark)
+                table.add_row(
+                    uc,
+                    e.name,
+                    f"{e.parameters:,}" if e.parameters else "-",
+                    f"{e.sparsity:.0%}",
+                    f"{e.accuracy:.4f}" if e.accuracy is not None else "-",
+                    e.structure,
+                    e.uri,
+                    mark,
+                )
     except SparsifyError as err:
         _fail(err)
     Console(width=160).print(table)

@@ -37,14 +37,13 @@ class Reconciler:
 
     # ---- helpers -------------------------------------------------------------------------------
     async def find_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The experiment's Job: by its deterministic name (owner checked), else by uid label."""
         meta = body["metadata"]
-        found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
-        if found:
-            return found[0]
         job = await self._call(self.kube.get_job, meta["namespace"], jobs.job_name(meta["name"]))
-        if job and _owned_by(job, meta["uid"]):
-            return job
-        return None
+        if job is not None:
+            return job if _owned_by(job, meta["uid"]) else None
+        found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
+        return found[0] if found else None
 
     async def _apply(
         self, body: dict[str, Any], current: dict[str, Any], update: status.StatusUpdate

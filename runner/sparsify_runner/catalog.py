@@ -82,7 +82,9 @@ def load_catalog(path: Path) -> Catalog:
         loc = ".".join(str(p) for p in first["loc"])
         raise InputError(f"catalog '{path}': field '{loc}': {first['msg']}") from None
     if catalog.version != CATALOG_VERSION:
-        raise InputError(f"catalog '{path}' has version {catalog.version}; this build reads version {CATALOG_VERSION}")
+        raise InputError(
+            f"catalog '{path}' has version {catalog.version}; this build reads version {CATALOG_VERSION}"
+        )
     for entry in catalog.models:
         entry.use_case = normalize_use_case(entry.use_case)
     return catalog
@@ -101,8 +103,10 @@ def select(catalog: Catalog, use_case: str, optim_level: float) -> tuple[Catalog
     """Pick a base model: candidates sorted largest (most accurate) to smallest; the optim
     level walks that list (0 -> largest, 1 -> smallest)."""
     use_case = normalize_use_case(use_case)
-    candidates = sorted((e for e in catalog.models if e.use_case == use_case),
-                        key=lambda e: (-e.effective_size(), -(e.accuracy or 0.0), e.name))
+    candidates = sorted(
+        (e for e in catalog.models if e.use_case == use_case),
+        key=lambda e: (-e.effective_size(), -(e.accuracy or 0.0), e.name),
+    )
     if not candidates:
         have = sorted({e.use_case for e in catalog.models}) or ["none"]
         raise InputError(
@@ -123,8 +127,14 @@ def resolve_uri(entry_uri: str, catalog_uri: str) -> str:
     return catalog_uri.rsplit("/", 1)[0] + "/" + entry_uri
 
 
-def entry_from_run(output_dir: Path, catalog_path: Path, *, name: str | None = None,
-                   dataset: str | None = None, description: str | None = None) -> CatalogEntry:
+def entry_from_run(
+    output_dir: Path,
+    catalog_path: Path,
+    *,
+    name: str | None = None,
+    dataset: str | None = None,
+    description: str | None = None,
+) -> CatalogEntry:
     """A catalog entry for a finished training-aware run (its report.json + model.pt/model-hf.tar)."""
     report_file = output_dir / "report.json"
     if not report_file.is_file():
@@ -133,9 +143,13 @@ def entry_from_run(output_dir: Path, catalog_path: Path, *, name: str | None = N
         report: dict[str, Any] = json.loads(report_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"'{report_file}' is not valid JSON: {err}") from None
-    artifact = next((output_dir / n for n in ("model.pt", "model-hf.tar") if (output_dir / n).is_file()), None)
+    artifact = next(
+        (output_dir / n for n in ("model.pt", "model-hf.tar") if (output_dir / n).is_file()), None
+    )
     if artifact is None:
-        raise InputError(f"'{output_dir}' has no model.pt or model-hf.tar; only training runs can be registered")
+        raise InputError(
+            f"'{output_dir}' has no model.pt or model-hf.tar; only training runs can be registered"
+        )
     exp = report.get("experiment", {})
     optimized = report.get("optimized", {})
     try:

@@ -85,3 +85,15 @@ def test_node_sensitivity_ranks_quantized_nodes(tiny_onnx, tmp_path):
     assert set(conv_names) <= set(names)
     errors = [e for _, e in ranked]
     assert errors == sorted(errors, reverse=True)
+
+
+def test_flip_allowance_follows_the_binomial_budget():
+    from sparsify_runner.modifiers.quantization import allowed_flips, within_budget
+    from sparsify_runner.report import Fidelity
+
+    assert [allowed_flips(n, 0.01) for n in (8, 64, 200)] == [0, 1, 3]
+    assert allowed_flips(64, 0.0) == 0
+    assert within_budget(Fidelity(samples=64, top1_agreement=63 / 64, cosine_similarity=0.99), 0.99)
+    assert not within_budget(Fidelity(samples=64, top1_agreement=62 / 64, cosine_similarity=0.99), 0.99)
+    assert within_budget(Fidelity(samples=5, cosine_similarity=0.995), 0.99)
+    assert not within_budget(Fidelity(samples=5, cosine_similarity=0.98), 0.99)

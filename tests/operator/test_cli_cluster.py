@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 from op_harness import EXP, Cluster, running_operator, wait_for
-from test_operator_loop import _jobs, _phase
-
 from sparsify_runner.contract import RunSummary
+from test_operator_loop import _jobs, _phase
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +31,9 @@ def test_cluster_commands_end_to_end():
         async with Cluster() as c:
             await c.secret(NS, "s3-creds")
             async with running_operator([NS]):
-                manifest = (await ctl(c, "generate", "one-shot", "--name", "cli-demo", "--use-case", "ic",
-                                      "--model", "s3://m/model.onnx", "--data", "s3://d/calib/",
-                                      "--output", "s3://o/cli-demo", "--secret", "s3-creds", "--gpus", "0")).stdout
+                flags = ["--name", "cli-demo", "--use-case", "ic", "--model", "s3://m/model.onnx"]
+                flags += ["--data", "s3://d/calib/", "--output", "s3://o/cli-demo", "--secret", "s3-creds"]
+                manifest = (await ctl(c, "generate", "one-shot", *flags, "--gpus", "0")).stdout
                 applied = await ctl(c, "apply", "-n", NS, "-f", "-", stdin=manifest)
                 assert applied.returncode == 0, applied.stderr
                 assert applied.stdout.strip() == "sparsifyexperiment/cli-demo created"
@@ -55,7 +54,8 @@ def test_cluster_commands_end_to_end():
                 await c.finish_job(NS, "cli-demo-sparsify", exit_code=0, message=summary.to_message())
                 watched = await watch
                 assert watched.returncode == 0, watched.stderr
-                assert "Succeeded" in watched.stdout and "modelUri: s3://o/cli-demo/model.onnx" in watched.stdout
+                assert "Succeeded" in watched.stdout
+                assert "modelUri: s3://o/cli-demo/model.onnx" in watched.stdout
 
                 got = await ctl(c, "get", "cli-demo", "-n", NS, "-o", "json")
                 assert json.loads(got.stdout)["status"]["results"]["speedup"] == 1.5

@@ -246,7 +246,7 @@ def test_operator_entry_point_metrics_and_liveness():
                 f"http://127.0.0.1:{live_port}/healthz",
             ]
             proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+                cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             try:
                 await c.create(EXP, experiment("proc"))

@@ -140,3 +140,25 @@ def test_split_counts_is_exact() -> None:
         assert sum(counts) == n
         assert all(0 <= c <= s for c, s in zip(counts, sizes, strict=True))
     assert np.ptp(split_counts(50, [10] * 10)) == 0
+
+
+def test_upstream_correction_recovers_dense_output() -> None:
+    """Inputs drifted by upstream pruning: pruning the corrected weights lands closer to the
+    dense layer's output ``W X_dense`` than pruning ``W`` itself."""
+    from sparsify_runner.modifiers.obs import correct_to_dense
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 64, generator=g)
+    x_dense = _correlated_inputs(64, 3000, seed=6)
+    drift = torch.randn(64, 64, generator=g) * 0.15
+    x = x_dense + drift @ x_dense  # what the layer sees after earlier layers were pruned
+    acc = HessianAccumulator(InputSpec(kind="linear", cols=64), n_samples=1, max_rows=10**6)
+    acc.add(x.t().numpy(), x_dense.t().numpy())
+    h, cross = acc.finalize(), acc.finalize_cross()
+    assert cross is not None and acc.drift() > 0.01
+    target = w @ x_dense
+    n = round(0.5 * w.numel())
+    plain = sparsegpt_prune(w, h, n).weight
+    corrected = sparsegpt_prune(correct_to_dense(w, h, cross), h, n).weight
+    assert int((corrected == 0).sum()) == n
+    assert torch.linalg.norm(target - corrected @ x) < 0.8 * torch.linalg.norm(target - plain @ x)

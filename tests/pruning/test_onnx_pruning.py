@@ -119,7 +119,7 @@ def test_zero_sparsity_keeps_weights_and_magnitude_needs_no_data(cnn_onnx) -> No
     res = prune_onnx(cnn_onnx, [], 0.0)
     for a, b in zip(cnn_onnx.graph.initializer, res.model.graph.initializer, strict=True):
         assert np.array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
-    mag = prune_onnx(cnn_onnx, [], 0.5, method="magnitude")
+    mag = prune_onnx(cnn_onnx, [], 0.5, method="magnitude", show_progress=True)
     assert mag.achieved_sparsity == pytest.approx(0.5, abs=0.02)
 
 

@@ -16,13 +16,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-POSITIVE = "good great fine lovely superb wonderful brilliant excellent".split()
-NEGATIVE = "bad awful poor terrible boring dull horrible weak".split()
-FILLER = "the movie film plot was is a and very quite story acting".split()
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "wonderful", "brilliant", "excellent"]
+NEGATIVE = ["bad", "awful", "poor", "terrible", "boring", "dull", "horrible", "weak"]
+FILLER = ["the", "movie", "film", "plot", "was", "is", "a", "and", "very", "quite", "story", "acting"]
 
 
-def make_imagefolder(root: Path, *, per_class_train: int = 10, per_class_val: int = 4, size: int = 12,
-                     classes: tuple[str, ...] = ("red", "green", "blue")) -> Path:
+def make_imagefolder(
+    root: Path,
+    *,
+    per_class_train: int = 10,
+    per_class_val: int = 4,
+    size: int = 12,
+    classes: tuple[str, ...] = ("red", "green", "blue"),
+) -> Path:
     from PIL import Image
 
     rng = random.Random(0)
@@ -33,8 +39,12 @@ def make_imagefolder(root: Path, *, per_class_train: int = 10, per_class_val: in
             for i in range(n):
                 base = COLORS[cls]
                 img = Image.new("RGB", (size, size))
-                img.putdata([tuple(max(0, min(255, c + rng.randint(-60, 60))) for c in base)
-                             for _ in range(size * size)])
+                img.putdata(
+                    [
+                        tuple(max(0, min(255, c + rng.randint(-60, 60))) for c in base)
+                        for _ in range(size * size)
+                    ]
+                )
                 img.save(folder / f"{i}.png")
     return root
 
@@ -48,7 +58,6 @@ def image_data(tmp_path_factory) -> Path:
 def cnn_checkpoint(tmp_path_factory) -> Path:
     """A simple_cnn checkpoint dict ({'state_dict', 'arch_key'}) with a 10-class head."""
     import torch
-
     from sparsify_runner.models.simple_cnn import EXTRA_ARCHS
 
     torch.manual_seed(0)
@@ -68,15 +77,19 @@ def make_text_data(root: Path, *, fmt: str = "csv", n_train: int = 32, n_val: in
     rng = random.Random(1)
     root.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val)):
-        rows = [{"sentence": _sentence(rng, POSITIVE if i % 2 else NEGATIVE), "label": "pos" if i % 2 else "neg"}
-                for i in range(n)]
+        rows = [
+            {"sentence": _sentence(rng, POSITIVE if i % 2 else NEGATIVE), "label": "pos" if i % 2 else "neg"}
+            for i in range(n)
+        ]
         if fmt == "csv":
             with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, fieldnames=["sentence", "label"])
                 writer.writeheader()
                 writer.writerows(rows)
         else:
-            (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            (root / f"{split}.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+            )
     return root
 
 
@@ -99,8 +112,14 @@ def tiny_bert(tmp_path_factory) -> Path:
     import torch
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     BertForSequenceClassification(config).save_pretrained(str(folder))
     return folder
 
@@ -114,5 +133,10 @@ def sparsifyctl(*args: str, timeout: int = 300, env: dict | None = None) -> subp
 
 def runner(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", "from sparsify_runner.cli import main; main()", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"},
+    )

@@ -33,7 +33,9 @@ def resolved_weight(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits:
         q = inits[node.input[0]].astype(np.float32)
         scale = inits[node.input[1]]
-        zp = inits[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else 0.0
+        zp = (
+            inits[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] in inits else 0.0
+        )
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
         if np.ndim(scale) == 1 and scale.size > 1:
             shape = [1] * q.ndim
@@ -46,7 +48,11 @@ def resolved_weight(model: onnx.ModelProto, name: str) -> np.ndarray | None:
 
 def conv_weights(path: Path) -> list[np.ndarray]:
     model = onnx.load(str(path))
-    return [resolved_weight(model, n.input[1]) for n in model.graph.node if n.op_type in ("Conv", "ConvInteger", "QLinearConv")]
+    return [
+        resolved_weight(model, n.input[1])
+        for n in model.graph.node
+        if n.op_type in ("Conv", "ConvInteger", "QLinearConv")
+    ]
 
 
 def conv_macs(path: Path) -> int:

@@ -22,8 +22,17 @@ def _bad(args: list[str], out: Path, *expected: str) -> None:
 
 
 def _ic(model: Path, data: Path, *extra: str) -> list[str]:
-    return ["run", "training-aware", "--use-case", "image-classification", "--model", str(model),
-            "--data", str(data), *extra]
+    return [
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        *extra,
+    ]
 
 
 def test_unknown_architecture(image_data, tmp_path):
@@ -35,8 +44,7 @@ def test_unknown_architecture(image_data, tmp_path):
 
 
 def test_state_dict_does_not_match_architecture(image_data, cnn_checkpoint, tmp_path):
-    _bad(_ic(cnn_checkpoint, image_data, "--arch", "resnet18"), tmp_path / "o",
-         "does not match", "resnet18")
+    _bad(_ic(cnn_checkpoint, image_data, "--arch", "resnet18"), tmp_path / "o", "does not match", "resnet18")
 
 
 def test_bare_state_dict_without_arch(image_data, tmp_path):
@@ -72,7 +80,16 @@ def test_unknown_train_kwargs(image_data, cnn_checkpoint, tmp_path):
 
 
 def _tc(model: Path, data: Path) -> list[str]:
-    return ["run", "training-aware", "--use-case", "text-classification", "--model", str(model), "--data", str(data)]
+    return [
+        "run",
+        "training-aware",
+        "--use-case",
+        "text-classification",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+    ]
 
 
 def test_label_column_missing(tiny_bert, tmp_path):
@@ -107,7 +124,9 @@ def test_text_model_not_a_hf_folder(text_data, cnn_checkpoint, tmp_path):
 
 
 def test_sparse_transfer_without_model_or_catalog(image_data, tmp_path):
-    _bad(["run", "sparse-transfer", "--use-case", "ic", "--data", str(image_data)], tmp_path / "o", "--catalog")
+    _bad(
+        ["run", "sparse-transfer", "--use-case", "ic", "--data", str(image_data)], tmp_path / "o", "--catalog"
+    )
 
 
 @pytest.mark.parametrize("recipe_args", ['{"sparsty": 0.9}'])

@@ -19,8 +19,14 @@ def _entry(name: str, params: int, sparsity: float, uc: str = "image-classificat
 
 
 def test_selection_walks_from_largest_to_smallest():
-    cat = Catalog(models=[_entry("small", 1000, 0.9), _entry("large", 1000, 0.0), _entry("mid", 1000, 0.6),
-                          _entry("bert", 10, 0.5, "text-classification")])
+    cat = Catalog(
+        models=[
+            _entry("small", 1000, 0.9),
+            _entry("large", 1000, 0.0),
+            _entry("mid", 1000, 0.6),
+            _entry("bert", 10, 0.5, "text-classification"),
+        ]
+    )
     assert select(cat, "ic", 0.0)[0].name == "large"
     assert select(cat, "image-classification", 0.5)[0].name == "mid"
     assert select(cat, "image-classification", 1.0)[0].name == "small"
@@ -52,18 +58,51 @@ def test_sparse_transfer_picks_from_catalog_by_optim_level(image_data: Path, tmp
     cat_dir.mkdir()
     _sparse_cnn(cat_dir / "cnn50.pt", 0.5, 1)
     _sparse_cnn(cat_dir / "cnn90.pt", 0.1, 2)
-    (cat_dir / "catalog.yaml").write_text(yaml.safe_dump({"version": 1, "models": [
-        {"name": "cnn-90", "useCase": "image-classification", "uri": "cnn90.pt", "parameters": 30000,
-         "sparsity": 0.9, "accuracy": 0.9},
-        {"name": "cnn-50", "useCase": "image-classification", "uri": "cnn50.pt", "parameters": 30000,
-         "sparsity": 0.5, "accuracy": 0.95},
-    ]}))
+    (cat_dir / "catalog.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "models": [
+                    {
+                        "name": "cnn-90",
+                        "useCase": "image-classification",
+                        "uri": "cnn90.pt",
+                        "parameters": 30000,
+                        "sparsity": 0.9,
+                        "accuracy": 0.9,
+                    },
+                    {
+                        "name": "cnn-50",
+                        "useCase": "image-classification",
+                        "uri": "cnn50.pt",
+                        "parameters": 30000,
+                        "sparsity": 0.5,
+                        "accuracy": 0.95,
+                    },
+                ],
+            }
+        )
+    )
     picked = {}
     for level in ("0.2", "0.9"):
         out = tmp_path / f"out{level}"
-        proc = sparsifyctl("run", "sparse-transfer", "--use-case", "ic", "--catalog", str(cat_dir / "catalog.yaml"),
-                           "--data", str(image_data), "--optim-level", level,
-                           "--train-kwargs", '{"epochs": 1}', "-o", str(out), "--quiet")
+        proc = sparsifyctl(
+            "run",
+            "sparse-transfer",
+            "--use-case",
+            "ic",
+            "--catalog",
+            str(cat_dir / "catalog.yaml"),
+            "--data",
+            str(image_data),
+            "--optim-level",
+            level,
+            "--train-kwargs",
+            '{"epochs": 1}',
+            "-o",
+            str(out),
+            "--quiet",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         r = report(out)
         picked[level] = r["settings"]["catalog_entry"]
@@ -73,10 +112,27 @@ def test_sparse_transfer_picks_from_catalog_by_optim_level(image_data: Path, tmp
 
 def test_register_training_result_and_list(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
     out = tmp_path / "run"
-    proc = sparsifyctl("run", "training-aware", "--use-case", "ic", "--model", str(cnn_checkpoint), "--data",
-                       str(image_data), "--optim-level", "0.9", "--name", "tiny-cnn-95",
-                       "--train-kwargs", json.dumps({"epochs": 2, "dense_epochs": 1}),
-                       "--recipe-args", '{"quantize": false}', "-o", str(out), "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "ic",
+        "--model",
+        str(cnn_checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.9",
+        "--name",
+        "tiny-cnn-95",
+        "--train-kwargs",
+        json.dumps({"epochs": 2, "dense_epochs": 1}),
+        "--recipe-args",
+        '{"quantize": false}',
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     catalog = tmp_path / "cat" / "catalog.yaml"
     proc = sparsifyctl("catalog", "register", str(out), "--catalog", str(catalog), "--dataset", "colors")

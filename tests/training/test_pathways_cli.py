@@ -21,9 +21,23 @@ def _ok(proc) -> None:
 
 def test_training_aware_image_unstructured(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
     out = tmp_path / "out"
-    proc = sparsifyctl("run", "training-aware", "--use-case", "image-classification", "--model", str(cnn_checkpoint),
-                       "--data", str(image_data), "--optim-level", "0.5", "--train-kwargs", FAST, "-o", str(out),
-                       "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(cnn_checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.5",
+        "--train-kwargs",
+        FAST,
+        "-o",
+        str(out),
+        "--quiet",
+    )
     _ok(proc)
     r = report(out)
     assert r["mode"] == "unstructured"
@@ -50,9 +64,27 @@ def test_training_aware_image_unstructured(image_data: Path, cnn_checkpoint: Pat
 
 def test_training_aware_image_channels_reduces_macs(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
     out = tmp_path / "out"
-    proc = sparsifyctl("run", "training-aware", "--use-case", "ic", "--model", str(cnn_checkpoint),
-                       "--data", str(image_data), "--optim-level", "0.8", "--structure", "channels",
-                       "--train-kwargs", FAST, "--recipe-args", '{"quantize": false}', "-o", str(out), "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "ic",
+        "--model",
+        str(cnn_checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.8",
+        "--structure",
+        "channels",
+        "--train-kwargs",
+        FAST,
+        "--recipe-args",
+        '{"quantize": false}',
+        "-o",
+        str(out),
+        "--quiet",
+    )
     _ok(proc)
     r = report(out)
     assert r["mode"] == "channels"
@@ -61,16 +93,48 @@ def test_training_aware_image_channels_reduces_macs(image_data: Path, cnn_checkp
     assert any("structured" in (layer.get("note") or "") for layer in r["layers"])
     # measured on the exported graph itself, independent of the report
     exp_dir = tmp_path / "dense"
-    _ok(sparsifyctl("run", "training-aware", "--use-case", "ic", "--model", str(cnn_checkpoint),
-                    "--data", str(image_data), "--optim-level", "0", "--train-kwargs", FAST, "-o", str(exp_dir),
-                    "--quiet"))
+    _ok(
+        sparsifyctl(
+            "run",
+            "training-aware",
+            "--use-case",
+            "ic",
+            "--model",
+            str(cnn_checkpoint),
+            "--data",
+            str(image_data),
+            "--optim-level",
+            "0",
+            "--train-kwargs",
+            FAST,
+            "-o",
+            str(exp_dir),
+            "--quiet",
+        )
+    )
     assert conv_macs(out / "model.onnx") < 0.6 * conv_macs(exp_dir / "model.onnx")
     assert report(exp_dir)["mode"] == "baseline"
     # the structured model.pt reloads (shapes kept as plain data) and seeds sparse-transfer
     st_out = tmp_path / "st"
-    _ok(sparsifyctl("run", "sparse-transfer", "--use-case", "ic", "--model", str(out / "model.pt"),
-                    "--data", str(image_data), "--optim-level", "0", "--train-kwargs", '{"epochs": 1}',
-                    "-o", str(st_out), "--quiet"))
+    _ok(
+        sparsifyctl(
+            "run",
+            "sparse-transfer",
+            "--use-case",
+            "ic",
+            "--model",
+            str(out / "model.pt"),
+            "--data",
+            str(image_data),
+            "--optim-level",
+            "0",
+            "--train-kwargs",
+            '{"epochs": 1}',
+            "-o",
+            str(st_out),
+            "--quiet",
+        )
+    )
     assert report(st_out)["mode"] == "channels"
 
 
@@ -87,11 +151,23 @@ def test_sparse_transfer_image_mask_stays_fixed(image_data: Path, tmp_path: Path
     sparse = tmp_path / "sparse.pt"
     torch.save(model.state_dict(), sparse)
     out = tmp_path / "out"
-    proc = runner("run", "--quiet", "--experiment", json.dumps({
-        "type": "sparse-transfer", "useCase": "image-classification", "model": str(sparse), "arch": "simple_cnn",
-        "data": str(image_data), "optimLevel": 0.5, "output": str(out),
-        "trainKwargs": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.05},
-    }))
+    proc = runner(
+        "run",
+        "--quiet",
+        "--experiment",
+        json.dumps(
+            {
+                "type": "sparse-transfer",
+                "useCase": "image-classification",
+                "model": str(sparse),
+                "arch": "simple_cnn",
+                "data": str(image_data),
+                "optimLevel": 0.5,
+                "output": str(out),
+                "trainKwargs": {"epochs": 3, "batch_size": 8, "lr": 0.01, "weight_decay": 0.05},
+            }
+        ),
+    )
     _ok(proc)
     r = report(out)
     assert r["mode"] == "unstructured"
@@ -112,9 +188,23 @@ def test_sparse_transfer_image_mask_stays_fixed(image_data: Path, tmp_path: Path
 def test_text_training_aware_and_sparse_transfer(tiny_bert: Path, text_data: Path, tmp_path: Path):
     out = tmp_path / "ta"
     kwargs = json.dumps({"epochs": 3, "batch_size": 8, "lr": 0.002, "dense_epochs": 2})
-    proc = sparsifyctl("run", "training-aware", "--use-case", "sentiment-analysis", "--model", str(tiny_bert),
-                       "--data", str(text_data), "--optim-level", "0.4", "--train-kwargs", kwargs,
-                       "-o", str(out), "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "sentiment-analysis",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(text_data),
+        "--optim-level",
+        "0.4",
+        "--train-kwargs",
+        kwargs,
+        "-o",
+        str(out),
+        "--quiet",
+    )
     _ok(proc)
     r = report(out)
     assert r["mode"] == "unstructured" and (out / "model-hf.tar").is_file()
@@ -122,9 +212,23 @@ def test_text_training_aware_and_sparse_transfer(tiny_bert: Path, text_data: Pat
     assert r["settings"]["torch_sparsity"] > 0.4
     # the result is a pre-sparsified model: sparse-transfer from it keeps its zeros
     st = tmp_path / "st"
-    proc = sparsifyctl("run", "sparse-transfer", "--use-case", "text-classification", "--model",
-                       str(out / "model-hf.tar"), "--data", str(text_data), "--optim-level", "0",
-                       "--train-kwargs", '{"epochs": 2, "lr": 0.002}', "-o", str(st), "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "sparse-transfer",
+        "--use-case",
+        "text-classification",
+        "--model",
+        str(out / "model-hf.tar"),
+        "--data",
+        str(text_data),
+        "--optim-level",
+        "0",
+        "--train-kwargs",
+        '{"epochs": 2, "lr": 0.002}',
+        "-o",
+        str(st),
+        "--quiet",
+    )
     _ok(proc)
     rs = report(st)
     assert rs["mode"] == "unstructured"
@@ -136,19 +240,50 @@ def test_text_channels_jsonl(tiny_bert: Path, tmp_path: Path):
 
     data = make_text_data(tmp_path / "jsonl", fmt="jsonl")
     out = tmp_path / "out"
-    proc = sparsifyctl("run", "training-aware", "--use-case", "text-classification", "--model", str(tiny_bert),
-                       "--data", str(data), "--optim-level", "0.6", "--structure", "channels",
-                       "--train-kwargs", '{"epochs": 2, "batch_size": 8, "dense_epochs": 1}', "-o", str(out),
-                       "--quiet")
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "text-classification",
+        "--model",
+        str(tiny_bert),
+        "--data",
+        str(data),
+        "--optim-level",
+        "0.6",
+        "--structure",
+        "channels",
+        "--train-kwargs",
+        '{"epochs": 2, "batch_size": 8, "dense_epochs": 1}',
+        "-o",
+        str(out),
+        "--quiet",
+    )
     _ok(proc)
     r = report(out)
     assert r["mode"] == "channels"
     assert r["optimized"]["flops"] < r["baseline"]["flops"]
     assert r["settings"]["torch_parameters"] < 60000
     st = tmp_path / "st"
-    _ok(sparsifyctl("run", "sparse-transfer", "--use-case", "text-classification", "--model",
-                    str(out / "model-hf.tar"), "--data", str(data), "--optim-level", "0.5",
-                    "--train-kwargs", '{"epochs": 1}', "-o", str(st), "--quiet"))
+    _ok(
+        sparsifyctl(
+            "run",
+            "sparse-transfer",
+            "--use-case",
+            "text-classification",
+            "--model",
+            str(out / "model-hf.tar"),
+            "--data",
+            str(data),
+            "--optim-level",
+            "0.5",
+            "--train-kwargs",
+            '{"epochs": 1}',
+            "-o",
+            str(st),
+            "--quiet",
+        )
+    )
     rs = report(st)
     assert rs["mode"] == "channels"
     assert rs["settings"]["torch_parameters"] == r["settings"]["torch_parameters"]

@@ -16,11 +16,33 @@ from helpers import report
 
 
 def _start(image_data: Path, ckpt: Path, out: Path, kwargs: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "from sparsify_operator.cli import main; main()", "run", "training-aware",
-           "--use-case", "image-classification", "--model", str(ckpt), "--data", str(image_data),
-           "--optim-level", "0.5", "--train-kwargs", json.dumps(kwargs), "-o", str(out), "--quiet"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    cmd = [
+        sys.executable,
+        "-c",
+        "from sparsify_operator.cli import main; main()",
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(ckpt),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.5",
+        "--train-kwargs",
+        json.dumps(kwargs),
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
 
 
 def test_sigterm_checkpoints_and_rerun_resumes(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
@@ -43,9 +65,23 @@ def test_sigterm_checkpoints_and_rerun_resumes(image_data: Path, cnn_checkpoint:
     assert {"model", "optimizer", "modifiers", "rng", "history"} <= set(saved)
     assert saved["modifiers"]["GMPModifier"]["masks"]
 
-    proc2 = sparsifyctl("run", "training-aware", "--use-case", "image-classification", "--model",
-                        str(cnn_checkpoint), "--data", str(image_data), "--optim-level", "0.5",
-                        "--train-kwargs", json.dumps(kwargs), "-o", str(out), "--quiet")
+    proc2 = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(cnn_checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.5",
+        "--train-kwargs",
+        json.dumps(kwargs),
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     r = report(out)
     assert f"resumed from a checkpoint at step {stopped_at} of 160" in r["notes"]
@@ -65,9 +101,23 @@ def test_checkpoint_of_another_spec_is_ignored(image_data: Path, cnn_checkpoint:
     proc.communicate(timeout=120)
     assert proc.returncode == 143
     # same output, different spec (optim level): start fresh, say so
-    proc2 = sparsifyctl("run", "training-aware", "--use-case", "image-classification", "--model",
-                        str(cnn_checkpoint), "--data", str(image_data), "--optim-level", "0.7",
-                        "--train-kwargs", json.dumps({**kwargs, "epochs": 2}), "-o", str(out), "--quiet")
+    proc2 = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(cnn_checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.7",
+        "--train-kwargs",
+        json.dumps({**kwargs, "epochs": 2}),
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     notes = report(out)["notes"]
     assert any("different experiment spec" in n for n in notes)

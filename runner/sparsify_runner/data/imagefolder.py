@@ -43,7 +43,9 @@ def inspect_imagefolder(root: Path) -> ImageFolderSplits:
     from PIL import Image, UnidentifiedImageError
 
     if not root.is_dir():
-        raise InputError(f"data '{root}' is not a folder; image classification expects train/CLASS/img and val/CLASS/img")
+        raise InputError(
+            f"data '{root}' is not a folder; image classification expects train/CLASS/img and val/CLASS/img"
+        )
     train = root / "train"
     val = next((root / n for n in VAL_NAMES if (root / n).is_dir()), None)
     if not train.is_dir() or val is None:
@@ -68,7 +70,8 @@ def inspect_imagefolder(root: Path) -> ImageFolderSplits:
     if sum(val_counts.values()) == 0:
         raise InputError(f"'{val}' has no images; put validation images under {val.name}/CLASS/")
     first = next(
-        f for f in sorted((train / sorted(train_counts)[0]).rglob("*"))
+        f
+        for f in sorted((train / sorted(train_counts)[0]).rglob("*"))
         if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
     )
     try:
@@ -79,8 +82,13 @@ def inspect_imagefolder(root: Path) -> ImageFolderSplits:
     except (UnidentifiedImageError, OSError) as err:
         raise InputError(f"image '{first}' cannot be read ({err}); check the file") from None
     return ImageFolderSplits(
-        root=root, train_dir=train, val_dir=val, classes=sorted(train_counts),
-        train_count=sum(train_counts.values()), val_count=sum(val_counts.values()), native_size=size,
+        root=root,
+        train_dir=train,
+        val_dir=val,
+        classes=sorted(train_counts),
+        train_count=sum(train_counts.values()),
+        val_count=sum(val_counts.values()),
+        native_size=size,
     )
 
 

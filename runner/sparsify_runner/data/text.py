@@ -70,7 +70,9 @@ def _read(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise InputError(f"'{path}' line {n} is not valid JSON ({err.msg}); one object per line") from None
+                raise InputError(
+                    f"'{path}' line {n} is not valid JSON ({err.msg}); one object per line"
+                ) from None
             if not isinstance(row, dict):
                 raise InputError(f"'{path}' line {n} is not a JSON object; one object per line")
             rows.append(row)
@@ -100,15 +102,23 @@ def feature_columns(columns: list[str]) -> list[str]:
 
 
 def _is_pair(a: str, b: str) -> bool:
-    pairs = {("question", "sentence"), ("question", "context"), ("premise", "hypothesis"),
-             ("question1", "question2"), ("text_a", "text_b"), ("text", "text_pair")}
+    pairs = {
+        ("question", "sentence"),
+        ("question", "context"),
+        ("premise", "hypothesis"),
+        ("question1", "question2"),
+        ("text_a", "text_b"),
+        ("text", "text_pair"),
+    }
     return (a, b) in pairs
 
 
 def inspect_text(root: Path) -> TextSplits:
     """Validate and read both splits; raise InputError with one line otherwise."""
     if not root.is_dir():
-        raise InputError(f"data '{root}' is not a folder; text classification expects train.csv/val.csv (or .jsonl)")
+        raise InputError(
+            f"data '{root}' is not a folder; text classification expects train.csv/val.csv (or .jsonl)"
+        )
     train_file, val_file = _find(root, "train"), _find(root, "val")
     train_rows, val_rows = _read(train_file), _read(val_file)
     for path, rows in ((train_file, train_rows), (val_file, val_rows)):
@@ -124,13 +134,16 @@ def inspect_text(root: Path) -> TextSplits:
             raise InputError(f"'{val_file}' lacks the feature column '{f}' that '{train_file}' has")
     train_classes = sorted({_label(r) for r in train_rows}, key=_class_key)
     val_classes = sorted({_label(r) for r in val_rows}, key=_class_key)
-    if set(val_classes) - set(train_classes):
+    extra = sorted(set(val_classes) - set(train_classes))
+    if extra:
         raise InputError(
-            f"classes differ between splits: '{val_file}' has labels {sorted(set(val_classes) - set(train_classes))} "
+            f"classes differ between splits: '{val_file}' has labels {extra} "
             f"that '{train_file}' never uses; both splits need the same label set"
         )
     if len(train_classes) < 2:
-        raise InputError(f"'{train_file}' has a single label {train_classes}; classification needs at least two")
+        raise InputError(
+            f"'{train_file}' has a single label {train_classes}; classification needs at least two"
+        )
     return TextSplits(root, train_file, val_file, features, train_classes, train_rows, val_rows)
 
 

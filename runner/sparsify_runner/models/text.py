@@ -40,7 +40,9 @@ def load_text_model(path: Path, classes: list[str]) -> LoadedModel:
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
-        raise InputError(f"model '{path}': config.json is not usable ({str(err).splitlines()[0][:160]})") from None
+        raise InputError(
+            f"model '{path}': config.json is not usable ({str(err).splitlines()[0][:160]})"
+        ) from None
     n = len(classes)
     had_head = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
     replaced = not had_head or config.num_labels != n
@@ -63,10 +65,22 @@ def load_text_model(path: Path, classes: list[str]) -> LoadedModel:
         raise InputError(f"model '{path}' cannot be loaded: {str(err).splitlines()[0][:200]}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    notes = ["a new classification head was attached (the checkpoint's did not match the labels)"] if replaced else []
+    notes = (
+        ["a new classification head was attached (the checkpoint's did not match the labels)"]
+        if replaced
+        else []
+    )
     arch = (config.architectures or [type(model).__name__])[0]
-    return LoadedModel(model, "text", arch, n, head_replaced=replaced, tokenizer=tokenizer, notes=notes,
-                       structured=bool(getattr(config, "sparsify_shapes", None)))
+    return LoadedModel(
+        model,
+        "text",
+        arch,
+        n,
+        head_replaced=replaced,
+        tokenizer=tokenizer,
+        notes=notes,
+        structured=bool(getattr(config, "sparsify_shapes", None)),
+    )
 
 
 def _load_pruned(path: Path, config, shapes: dict):
@@ -83,6 +97,8 @@ def _load_pruned(path: Path, config, shapes: dict):
     restore_shapes(model, state, shapes)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if [k for k in missing if not k.endswith("position_ids")] or unexpected:
-        raise InputError(f"model '{path}': weights do not match its recorded layer sizes "
-                         f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+        raise InputError(
+            f"model '{path}': weights do not match its recorded layer sizes "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
+        )
     return model

@@ -37,7 +37,9 @@ def build_arch(arch: str, num_classes: int) -> nn.Module:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A state dict or checkpoint dict from .pt/.pth (weights_only) or .safetensors."""
     if path.is_dir():
-        raise InputError(f"model '{path}' is a folder; image classification expects a .pt/.pth/.safetensors file")
+        raise InputError(
+            f"model '{path}' is a folder; image classification expects a .pt/.pth/.safetensors file"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -54,7 +56,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "or {'state_dict': ..., 'arch_key': ...} instead"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(f"model '{path}' is not a PyTorch checkpoint: {str(err).splitlines()[0][:160]}") from None
+        raise InputError(
+            f"model '{path}' is not a PyTorch checkpoint: {str(err).splitlines()[0][:160]}"
+        ) from None
     if not isinstance(obj, dict):
         raise InputError(f"model '{path}' holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     return obj if "state_dict" in obj else {"state_dict": obj}
@@ -105,10 +109,18 @@ def load_vision_model(path: Path, arch: str | None, num_classes: int) -> LoadedM
         _, head = _last_linear(model)
         _set_module(model, head_name, nn.Linear(head.in_features, num_classes))
         notes.append(
-            f"classifier head '{head_name}' replaced: checkpoint has {ckpt_classes} classes, data has {num_classes}"
+            f"classifier head '{head_name}' replaced: checkpoint has {ckpt_classes} classes, "
+            f"data has {num_classes}"
         )
-    return LoadedModel(model, "image", arch, num_classes, head_replaced=replaced, notes=notes,
-                       structured=isinstance(ckpt.get("shapes"), dict))
+    return LoadedModel(
+        model,
+        "image",
+        arch,
+        num_classes,
+        head_replaced=replaced,
+        notes=notes,
+        structured=isinstance(ckpt.get("shapes"), dict),
+    )
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:

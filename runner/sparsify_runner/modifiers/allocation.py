@@ -143,9 +143,11 @@ def allocate(
         elif role == "small":
             note = f"small layer ({layer.params} < {small_limit} weights): kept dense"
         elif role == "classifier":
-            note = f"classifier (last layer): {policy.classifier_factor:g}x the rate of a normal layer -> {s:.3f}"
+            note = f"classifier (last layer): {policy.classifier_factor:g}x a normal layer's rate -> {s:.3f}"
         else:
-            note = f"rate {s:.3f} (size-weighted common rate)" + (" (cap)" if s >= cap and cap < f * lam else "")
+            note = f"rate {s:.3f} (size-weighted common rate)" + (
+                " (cap)" if s >= cap and cap < f * lam else ""
+            )
         out.append(
             Allocation(sparsity=n / layer.params if layer.params else 0.0, n_prune=n, role=role, note=note)
         )

@@ -81,40 +81,55 @@ class HessianAccumulator:
         self.per_sample = max(1, math.ceil(budget / max(1, n_samples)))
         self.hessian = torch.zeros((spec.groups, spec.cols, spec.cols), dtype=torch.float64)
         self.rows = 0
-        self._pending: list[torch.Tensor] = []  # (groups, cols, m) chunks
+        self.cross: torch.Tensor | None = None
+        self.dense_sq = 0.0  # ||X_dense||^2 and ||X_dense - X||^2 over the kept rows
+        self.diff_sq = 0.0
+        self._pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (groups, cols, m) chunks
         self._pending_rows = 0
         self._gen = torch.Generator().manual_seed(seed)
 
-    def _subsample(self, x: torch.Tensor, axis: int) -> torch.Tensor:
-        n = x.shape[axis]
+    def _pick(self, n: int) -> torch.Tensor | None:
         if n <= self.per_sample:
-            return x
-        idx = torch.randperm(n, generator=self._gen)[: self.per_sample]
-        return x.index_select(axis, idx)
+            return None
+        return torch.randperm(n, generator=self._gen)[: self.per_sample]
 
-    def add(self, array: np.ndarray) -> None:
-        """Add the layer input for one calibration batch (as the layer receives it)."""
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    def _columns(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One (groups, cols, rows) tensor per batch element, rows not yet subsampled."""
         spec = self.spec
         if spec.kind == "linear":
             if spec.trans_a:
                 x = x.transpose(-1, -2)
-            rows = self._subsample(x.reshape(-1, x.shape[-1]), 0)  # (m, K)
-            chunk = rows.t().unsqueeze(0)  # (1, K, m)
-        else:
-            for b in range(x.shape[0]):
-                patches = unfold_conv_input(x[b : b + 1], spec)[0]  # (C*kk, L)
-                patches = self._subsample(patches, 1)
-                self._push(patches.reshape(spec.groups, spec.cols, -1))
-            return
-        self._push(chunk)
+            return [x.reshape(-1, x.shape[-1]).t().unsqueeze(0)]
+        return [
+            unfold_conv_input(x[b : b + 1], spec)[0].reshape(spec.groups, spec.cols, -1)
+            for b in range(x.shape[0])
+        ]
 
-    def _push(self, chunk: torch.Tensor) -> None:
+    def add(self, array: np.ndarray, dense: np.ndarray | None = None) -> None:
+        """Add the layer input for one calibration batch (as the layer receives it).
+
+        ``dense``: the same tensor computed by the unpruned model, for the cross term
+        ``X_dense X^T`` used to correct upstream error (same rows are subsampled).
+        """
+        xs = self._columns(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+        ds: list[torch.Tensor | None] = [None] * len(xs)
+        if dense is not None:
+            if self.cross is None:
+                self.cross = torch.zeros_like(self.hessian)
+            ds = list(self._columns(torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))))
+        for x, d in zip(xs, ds, strict=True):
+            idx = self._pick(x.shape[2])
+            if idx is not None:
+                x = x.index_select(2, idx)
+                d = d.index_select(2, idx) if d is not None else None
+            self._push(x, d)
+
+    def _push(self, chunk: torch.Tensor, dense: torch.Tensor | None) -> None:
         if chunk.shape[1] != self.spec.cols:
             raise ValueError(
                 f"layer input has {chunk.shape[1]} features per group, expected {self.spec.cols}"
             )
-        self._pending.append(chunk)
+        self._pending.append((chunk, dense))
         self._pending_rows += chunk.shape[2]
         if self._pending_rows >= _FLUSH_ROWS:
             self._flush()
@@ -122,10 +137,25 @@ class HessianAccumulator:
     def _flush(self) -> None:
         if not self._pending:
             return
-        xs = torch.cat(self._pending, dim=2) if len(self._pending) > 1 else self._pending[0]
+        xs = torch.cat([c for c, _ in self._pending], dim=2)
         self.hessian += torch.bmm(xs, xs.transpose(1, 2)).to(torch.float64)
+        if self.cross is not None:
+            ds = torch.cat([d for _, d in self._pending], dim=2)
+            self.cross += torch.bmm(ds, xs.transpose(1, 2)).to(torch.float64)
+            self.dense_sq += float(ds.double().pow(2).sum())
+            self.diff_sq += float((ds - xs).double().pow(2).sum())
         self.rows += xs.shape[2]
         self._pending, self._pending_rows = [], 0
+
+    def drift(self) -> float:
+        """Relative squared difference of the inputs from the dense model's, ``||X_d - X||^2 / ||X_d||^2``."""
+        self._flush()
+        return self.diff_sq / self.dense_sq if self.dense_sq > 0 else 0.0
+
+    def finalize_cross(self) -> torch.Tensor | None:
+        """``2/n X_dense X^T`` when dense inputs were given, else None."""
+        self._flush()
+        return None if self.cross is None else self.cross * (2.0 / max(1, self.rows))
 
     def finalize(self) -> torch.Tensor:
         """The Hessian ``2/n X X^T``, (groups, cols, cols) float64."""

@@ -20,9 +20,9 @@ def prunable_weights(
     """Conv/Linear weights by module name (the final classifier is usually excluded)."""
     out: dict[str, nn.Parameter] = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear) and module.weight.numel() >= min_params:
-            if name not in exclude:
-                out[name] = module.weight
+        prunable = isinstance(module, nn.Conv1d | nn.Conv2d | nn.Linear)
+        if prunable and module.weight.numel() >= min_params and name not in exclude:
+            out[name] = module.weight
     return out
 
 

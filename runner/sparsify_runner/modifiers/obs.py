@@ -154,6 +154,27 @@ def sparsegpt_prune(
     return ObsResult(w, mask, damp)
 
 
+def correct_to_dense(
+    weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, percdamp: float = 0.01
+) -> torch.Tensor:
+    """Least-squares weights ``W_c`` with ``W_c X ~= W X_dense`` (before pruning).
+
+    ``X`` are the layer inputs with the earlier layers pruned, ``X_dense`` the dense model's;
+    ``hessian = 2 X X^T``, ``cross = 2 X_dense X^T``. ``W_c = W C H^-1`` (H dampened). Since
+    ``||W X_d - W' X||^2 = ||W X_d - W_c X||^2 + ||(W_c - W') X||^2``, pruning ``W_c`` with
+    OBS also undoes the error accumulated upstream instead of faithfully reproducing it.
+    """
+    w, h, squeeze = _as_batched(weight, hessian)
+    c = cross if cross.dim() == 3 else cross.unsqueeze(0)
+    h = h.to(torch.float64).clone()
+    diag = torch.diagonal(h, dim1=-2, dim2=-1)
+    diag[diag <= 0] = 1.0
+    diag += percdamp * diag.mean(dim=-1, keepdim=True)
+    wc = w.to(torch.float64) @ c.to(torch.float64)  # (g, r, c)
+    out = torch.linalg.solve(h, wc.transpose(-1, -2)).transpose(-1, -2).to(torch.float32)
+    return out.squeeze(0) if squeeze else out
+
+
 def relative_output_error(old: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor) -> float:
     """``||W X - W' X||^2 / ||W X||^2`` computed from the Hessian (batched over groups)."""
     w_old, h, _ = _as_batched(old, hessian)

@@ -11,7 +11,12 @@ Pipeline of :func:`prune_onnx`:
    wave = 1 + the latest wave among the pruned layers upstream of its input), then per
    wave capture the layers' inputs on the calibration samples with onnxruntime (with all
    earlier waves already pruned, ``onnx_capture``), build each layer's Hessian
-   (``hessian``) and prune + update its weights (``obs``). ``method="magnitude"``
+   (``hessian``) and prune + update its weights (``obs``). With ``correct_upstream`` the
+   unpruned model runs alongside and each layer first gets least-squares weights that map
+   its drifted inputs to the dense model's output (``obs.correct_to_dense``), so pruning
+   also undoes the error accumulated upstream; underdetermined layers (fewer calibration
+   rows than inputs, e.g. a classifier) only when the drift is large (measured: it fits
+   calibration noise otherwise). ``method="magnitude"``
    zeroes the smallest weights with the same allocation;
 4. write the weights back (same names, dtypes, inputs and outputs) and check the model.
 """
@@ -32,10 +37,11 @@ from ..report import LayerReport
 from .allocation import AllocationPolicy, LayerProfile, allocate
 from .hessian import DEFAULT_MAX_ROWS, HessianAccumulator, InputSpec
 from .magnitude import magnitude_prune
-from .obs import relative_output_error, sparsegpt_prune
+from .obs import correct_to_dense, relative_output_error, sparsegpt_prune
 from .onnx_capture import SegmentedRunner, initializer_map, node_inputs
 
 METHODS = ("obs", "magnitude")
+CORRECTION_MIN_DRIFT = 0.25
 _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 
@@ -343,6 +349,7 @@ def prune_onnx(
     blocksize: int = 128,
     percdamp: float = 0.01,
     adaptive_damp: bool = True,
+    correct_upstream: bool = True,
     threads: int | None = None,
 ) -> PruneResult:
     """Prune ``model`` to ``target_sparsity`` (parameter-weighted over the prunable layers).
@@ -402,6 +409,7 @@ def prune_onnx(
                     blocksize=blocksize,
                     percdamp=percdamp,
                     adaptive_damp=adaptive_damp,
+                    correct_upstream=correct_upstream,
                     threads=n_threads,
                 )
     finally:
@@ -463,11 +471,14 @@ def _obs_pass(
     blocksize: int,
     percdamp: float,
     adaptive_damp: bool,
+    correct_upstream: bool,
     threads: int,
 ) -> None:
     """Wave by wave: capture inputs (earlier waves already pruned), Hessians, SparseGPT."""
     feeds = _make_feeds(model, calibration, set(inits))
     runner = SegmentedRunner(model, feeds, inits, threads=threads)
+    # the unpruned model, run alongside, gives the dense inputs for the upstream correction
+    dense_runner = SegmentedRunner(model, feeds, dict(inits), threads=threads) if correct_upstream else None
     waves = sorted({ly.wave for ly in todo})
     for wave_no, wave in enumerate(waves, 1):
         members = [ly for ly in todo if ly.wave == wave]
@@ -480,32 +491,48 @@ def _obs_pass(
                 accs[key] = HessianAccumulator(ly.spec, len(calibration), max_rows=max_rows, seed=len(accs))
                 by_tensor.setdefault(ly.data_input, []).append(accs[key])
         hess_time = [0.0]
+        dense: dict[str, list[np.ndarray]] = {name: [] for name in by_tensor}
+        seen = dict.fromkeys(by_tensor, 0)
 
-        def consume(name: str, arr: np.ndarray, _by=by_tensor, _t=hess_time) -> None:
+        def consume(name: str, arr: np.ndarray, _by=by_tensor, _t=hess_time, _d=dense, _n=seen) -> None:
             t0 = time.perf_counter()
+            ref = _d[name][_n[name]] if _d[name] else None
+            _n[name] += 1
             for acc in _by.get(name, ()):
-                acc.add(arr)
+                acc.add(arr, ref)
             _t[0] += time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        if dense_runner is not None:
+            dense_runner.capture(sorted(by_tensor), lambda n, a, _d=dense: _d[n].append(a))
         runner.capture(sorted(by_tensor), consume)
-        hessians = {key: (acc.finalize(), acc.rows) for key, acc in accs.items()}
+        dense.clear()
+        hessians = {
+            key: (acc.finalize(), acc.rows, acc.finalize_cross(), acc.drift()) for key, acc in accs.items()
+        }
         timings["capture_s"] += time.perf_counter() - t0 - hess_time[0]
         timings["hessian_s"] += hess_time[0]
         for ly in members:
             progress.update(task, description=f"wave {wave_no}/{len(waves)}: {ly.name}")
             t1 = time.perf_counter()
-            h, rows = hessians[(ly.data_input, ly.spec)]
+            h, rows, cross, drift = hessians[(ly.data_input, ly.spec)]
             # fewer calibration rows than Hessian columns (a classifier sees one row per
             # sample): H is rank-deficient and OBS would fit the calibration set, not the
             # data; scale the dampening up with cols / rows to stay closer to magnitude.
             damp = percdamp * max(1.0, ly.spec.cols / max(1, rows)) if adaptive_damp else percdamp
             w_stored = numpy_helper.to_array(inits[ly.weight_name])
             w = torch.from_numpy(ly.to_matrix(w_stored))
+            corrected = ""
+            if cross is not None and (rows >= ly.spec.cols or drift >= CORRECTION_MIN_DRIFT):
+                # an underdetermined layer (rows < cols, e.g. a classifier seeing one row per
+                # sample) would fit calibration noise: correct it only when upstream drift is large
+                w = correct_to_dense(w, h, cross, damp)
+                corrected = f", corrected for upstream drift {drift:.3f}"
             res = sparsegpt_prune(w, h, alloc[ly.name].n_prune, blocksize=blocksize, percdamp=damp)
             err = relative_output_error(w, res.weight, h)
             extra[ly.name] = (
-                f"calibration output error {err:.4f} (relative, squared; {rows} rows, damp {res.damp:.3g})"
+                f"calibration output error {err:.4f} (relative, squared; {rows} rows, damp {res.damp:.3g}"
+                f"{corrected})"
             )
             inits[ly.weight_name] = numpy_helper.from_array(
                 ly.from_matrix(res.weight.numpy()), ly.weight_name

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -89,6 +90,18 @@ class _Reader:
         if self._it is None:
             self._it = self._feeds()
         return next(self._it, None)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Batches [start, end) only: onnxruntime's strided calibration (CalibStridedMinMax)
+        collects a few batches at a time instead of holding every activation of every sample."""
+        b = self._batch
+        sub = _Reader(self._samples[start_index * b : end_index * b], b)
+        self._it = sub._feeds()
+
+    def stride(self, most: int = 8) -> int:
+        """The largest number of batches <= ``most`` that divides the batch count."""
+        n = len(self)
+        return max(d for d in range(1, min(most, n) + 1) if n % d == 0)
 
     def rewind(self) -> None:
         self._it = None
@@ -251,6 +264,9 @@ class _Search:
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
         cache = self._cache.setdefault(method, self.work / f"calibration-{method}.json")
         reader = None if cache.exists() else _Reader(self.calibration, self.batch)
+        extra: dict = {"CalibMovingAverage": False}
+        if reader is not None:
+            extra["CalibStridedMinMax"] = reader.stride()
         path = self.work / f"candidate-{len(self.done)}.onnx"
         with _quiet():
             quantize_static(
@@ -265,7 +281,7 @@ class _Search:
                 nodes_to_exclude=exclude,
                 calibrate_method=methods[method],
                 calibration_cache_path=str(cache),
-                extra_options={"CalibMovingAverage": False},
+                extra_options=extra,
             )
         outputs = run_session(make_session(path), self.holdout)
         fid = fidelity(self.reference, outputs)
@@ -310,8 +326,32 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
+def allowed_flips(n: int, max_loss: float, alpha: float = 0.2) -> int:
+    """Most top-1 disagreements out of ``n`` held-out samples still plausible for a model whose
+    true loss is ``max_loss``: the largest k with P(X >= k) >= alpha, X ~ Binomial(n, max_loss).
+    With a 1% budget: 0 of 8, 1 of 64, 3 of 200. Demanding zero flips on 64 samples would reject
+    a model that really is 99% faithful about half the time (1 - 0.99**64 = 0.47)."""
+    if max_loss <= 0.0 or n <= 0:
+        return 0
+    p = min(max_loss, 1.0)
+    tail = 1.0  # P(X >= k), starting at k = 0
+    for k in range(n + 1):
+        if tail < alpha:
+            return k - 1
+        tail -= math.comb(n, k) * p**k * (1 - p) ** (n - k)
+    return n
+
+
+def within_budget(fid: Fidelity, min_score: float) -> bool:
+    """Top-1 agreement: flips allowed by :func:`allowed_flips`; other outputs: cosine >= min_score."""
+    if fid.top1_agreement is None:
+        return fid.cosine_similarity >= min_score
+    flips = round((1.0 - fid.top1_agreement) * fid.samples)
+    return flips <= allowed_flips(fid.samples, 1.0 - min_score)
+
+
 def _ok(c: _Candidate, min_score: float, min_speedup: float) -> bool:
-    return c.score >= min_score and c.speedup >= min_speedup
+    return within_budget(c.fidelity, min_score) and c.speedup >= min_speedup
 
 
 def quantize_int8(
@@ -408,7 +448,7 @@ def _search(
             exclude=order[:k],
             note="FP32 for the nodes adding the most quantization error",
         )
-        if c.score >= min_score:
+        if within_budget(c.fidelity, min_score):
             passing[k] = c
             break
         failing = k
@@ -433,7 +473,7 @@ def _search(
                 exclude=order[:mid],
                 note="FP32 for the nodes adding the most quantization error",
             )
-            if c.score >= min_score:
+            if within_budget(c.fidelity, min_score):
                 hi = mid
             else:
                 lo = mid

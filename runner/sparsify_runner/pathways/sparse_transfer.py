@@ -29,16 +29,20 @@ def choose_base_model(ctx: RunContext) -> tuple[Path, str | None, list[str], dic
     if ctx.model_path is not None:
         return ctx.model_path, exp.arch, [], {}
     if ctx.catalog_path is None:
-        raise InputError("sparse-transfer without --model needs a base-model catalog; pass --catalog FILE "
-                         "(see examples/catalog/) or --model")
+        raise InputError(
+            "sparse-transfer without --model needs a base-model catalog; pass --catalog FILE "
+            "(see examples/catalog/) or --model"
+        )
     catalog = load_catalog(ctx.catalog_path)
     entry, candidates = select(catalog, exp.use_case, exp.optim_level)
     uri = resolve_uri(entry.uri, exp.catalog or str(ctx.catalog_path))
     path = storage.fetch(uri, what=f"catalog model '{entry.name}'")
-    note = (f"base model '{entry.name}' chosen from the catalog at optim level {exp.optim_level} "
-            f"({candidates.index(entry) + 1} of {len(candidates)} for {exp.use_case}, largest first; "
-            f"sparsity {entry.sparsity:.0%}"
-            + (f", accuracy {entry.accuracy:.3f} on {entry.dataset or 'its dataset'})" if entry.accuracy else ")"))
+    note = (
+        f"base model '{entry.name}' chosen from the catalog at optim level {exp.optim_level} "
+        f"({candidates.index(entry) + 1} of {len(candidates)} for {exp.use_case}, largest first; "
+        f"sparsity {entry.sparsity:.0%}"
+        + (f", accuracy {entry.accuracy:.3f} on {entry.dataset or 'its dataset'})" if entry.accuracy else ")")
+    )
     info = {"catalog_entry": entry.name, "catalog_candidates": [c.name for c in candidates]}
     return path, exp.arch or entry.arch, [note], info
 
@@ -52,11 +56,16 @@ def run(ctx: RunContext) -> Report:
     settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "sparse_transfer.yaml")
     model_path, arch, notes, catalog_info = choose_base_model(ctx)
     loaded = load_model(exp.use_case, model_path, arch=arch, classes=classes)
-    teacher = (load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
-               if ctx.teacher_path else None)
+    teacher = (
+        load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
+        if ctx.teacher_path
+        else None
+    )
     if teacher is not None and teacher.head_replaced:
-        raise InputError(f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
-                         "pass a teacher fine-tuned on this data")
+        raise InputError(
+            f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
+            "pass a teacher fine-tuned on this data"
+        )
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
     task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
     model = loaded.module
@@ -65,14 +74,27 @@ def run(ctx: RunContext) -> Report:
     sparsity = masks.sparsity()
     notes += loaded.notes
     if sparsity == 0:
-        notes.append("the base model has no zero weights in its conv/linear layers: there is no mask to hold; "
-                     "this run is a plain fine-tune (+ INT8)")
+        notes.append(
+            "the base model has no zero weights in its conv/linear layers: there is no mask to hold; "
+            "this run is a plain fine-tune (+ INT8)"
+        )
     level = exp.optim_level
     int8 = P.want_int8(settings, level)
-    mode = "channels" if structured else ("unstructured" if sparsity > 0 else
-                                          ("quantization-only" if int8 else "baseline"))
-    effective = {**settings, "mode": mode, "arch": loaded.arch, "classes": len(classes),
-                 "base_sparsity": round(sparsity, 5), "train": asdict(cfg), **task.settings, **catalog_info}
+    mode = (
+        "channels"
+        if structured
+        else ("unstructured" if sparsity > 0 else ("quantization-only" if int8 else "baseline"))
+    )
+    effective = {
+        **settings,
+        "mode": mode,
+        "arch": loaded.arch,
+        "classes": len(classes),
+        "base_sparsity": round(sparsity, 5),
+        "train": asdict(cfg),
+        **task.settings,
+        **catalog_info,
+    }
     store = P.make_store(ctx, "sparse-transfer", effective, cfg, {"model": str(model_path)})
     P.init_distributed()
     baseline_model = P.copy_model(model)
@@ -80,11 +102,17 @@ def run(ctx: RunContext) -> Report:
 
     modifiers: list = [FixedMasks(masks)]
     if teacher is not None and float(settings["distillation_weight"]) > 0:
-        modifiers.append(DistillationModifier(teacher.module, weight=float(settings["distillation_weight"]),
-                                              temperature=float(settings["distillation_temperature"])))
+        modifiers.append(
+            DistillationModifier(
+                teacher.module,
+                weight=float(settings["distillation_weight"]),
+                temperature=float(settings["distillation_temperature"]),
+            )
+        )
     ctx.telemetry.stage("train")
-    trainer = Trainer(task, model, cfg, "main", store, modifiers, ctx.telemetry, ctx.show_progress, exp.seed,
-                      (0.0, 0.8))
+    trainer = Trainer(
+        task, model, cfg, "main", store, modifiers, ctx.telemetry, ctx.show_progress, exp.seed, (0.0, 0.8)
+    )
     history = trainer.fit()
     model = trainer.bare_model
     if trainer.resumed_from is not None:
@@ -95,15 +123,33 @@ def run(ctx: RunContext) -> Report:
 
     model.cpu().eval()
     final_acc = P.evaluate(task, model, torch.device("cpu"))
-    result = P.finalize(ctx, task, baseline_model=baseline_model, final_model=model, settings=effective,
-                        mode=mode, int8=int8, cfg=cfg)
+    result = P.finalize(
+        ctx,
+        task,
+        baseline_model=baseline_model,
+        final_model=model,
+        settings=effective,
+        mode=mode,
+        int8=int8,
+        cfg=cfg,
+    )
     save_torch_artifact(task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=structured)
-    effective.update(P.torch_param_stats(model), torch_val_accuracy=round(final_acc, 5),
-                     mask_sparsity_after=round(masks.sparsity(), 5))
-    notes.append("baseline = the base model as given, before fine-tuning on this data"
-                 + (" (its new classifier head is untrained, so its accuracy is chance level)" if loaded.head_replaced else ""))
-    report = P.build_report(ctx, mode=mode, settings=effective, result=result, history=history, notes=notes,
-                            sparsity=sparsity)
+    effective.update(
+        P.torch_param_stats(model),
+        torch_val_accuracy=round(final_acc, 5),
+        mask_sparsity_after=round(masks.sparsity(), 5),
+    )
+    notes.append(
+        "baseline = the base model as given, before fine-tuning on this data"
+        + (
+            " (its new classifier head is untrained, so its accuracy is chance level)"
+            if loaded.head_replaced
+            else ""
+        )
+    )
+    report = P.build_report(
+        ctx, mode=mode, settings=effective, result=result, history=history, notes=notes, sparsity=sparsity
+    )
     P.elapsed(timings, "export_evaluate", t)
     report.timings_s.update(timings)
     return report

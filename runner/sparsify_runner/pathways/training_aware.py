@@ -31,28 +31,53 @@ def run(ctx: RunContext) -> Report:
     torch.manual_seed(exp.seed)
     settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "training_aware.yaml")
     loaded = load_model(exp.use_case, ctx.model_path, arch=exp.arch, classes=classes)
-    teacher = (load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
-               if ctx.teacher_path else None)
+    teacher = (
+        load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
+        if ctx.teacher_path
+        else None
+    )
     if teacher is not None and teacher.head_replaced:
         from ..errors import InputError
 
-        raise InputError(f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
-                         "pass a teacher fine-tuned on this data")
+        raise InputError(
+            f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
+            "pass a teacher fine-tuned on this data"
+        )
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
     task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
     level = exp.optim_level
     structured = exp.structure == "channels" and level >= 0.3
-    mode = "baseline" if level == 0 else ("quantization-only" if level < 0.3 else
-                                          ("channels" if structured else "unstructured"))
-    dense_epochs = cfg.dense_epochs if cfg.dense_epochs >= 0 else (max(1, cfg.epochs // 2) if loaded.head_replaced else 0)
-    sparsity = float(settings["sparsity"]) if settings.get("sparsity") is not None else \
-        sparsity_for_level(ExperimentType.training_aware, level)
-    reduction = float(settings["macs_reduction"]) if settings.get("macs_reduction") is not None else \
-        macs_reduction_for_level(level)
-    effective = {**settings, "mode": mode, "arch": loaded.arch, "classes": len(classes),
-                 "target_sparsity": sparsity if mode == "unstructured" else 0.0,
-                 "target_macs_reduction": reduction if structured else 0.0,
-                 "dense_epochs": dense_epochs, "train": asdict(cfg), **task.settings}
+    mode = (
+        "baseline"
+        if level == 0
+        else ("quantization-only" if level < 0.3 else ("channels" if structured else "unstructured"))
+    )
+    dense_epochs = (
+        cfg.dense_epochs
+        if cfg.dense_epochs >= 0
+        else (max(1, cfg.epochs // 2) if loaded.head_replaced else 0)
+    )
+    sparsity = (
+        float(settings["sparsity"])
+        if settings.get("sparsity") is not None
+        else sparsity_for_level(ExperimentType.training_aware, level)
+    )
+    reduction = (
+        float(settings["macs_reduction"])
+        if settings.get("macs_reduction") is not None
+        else macs_reduction_for_level(level)
+    )
+    effective = {
+        **settings,
+        "mode": mode,
+        "arch": loaded.arch,
+        "classes": len(classes),
+        "target_sparsity": sparsity if mode == "unstructured" else 0.0,
+        "target_macs_reduction": reduction if structured else 0.0,
+        "dense_epochs": dense_epochs,
+        "train": asdict(cfg),
+        **task.settings,
+    }
     store = P.make_store(ctx, "training-aware", effective, cfg, {})
     notes = list(loaded.notes)
     P.init_distributed()
@@ -63,9 +88,13 @@ def run(ctx: RunContext) -> Report:
     main_epochs = cfg.epochs if (level >= 0.3 or dense_epochs == 0) and level > 0 else 0
     total = dense_epochs + main_epochs or 1
     if dense_epochs:
-        history += P.run_dense_phase(ctx, task, model, cfg, store, dense_epochs, (0.0, 0.8 * dense_epochs / total))
-        notes.append(f"baseline = the model after {dense_epochs} epoch(s) of dense fine-tuning "
-                     "(its checkpoint had no head for these classes); it is also the distillation teacher")
+        history += P.run_dense_phase(
+            ctx, task, model, cfg, store, dense_epochs, (0.0, 0.8 * dense_epochs / total)
+        )
+        notes.append(
+            f"baseline = the model after {dense_epochs} epoch(s) of dense fine-tuning "
+            "(its checkpoint had no head for these classes); it is also the distillation teacher"
+        )
     baseline_model = P.copy_model(model)
     t = P.elapsed(timings, "train_dense", t)
 
@@ -82,24 +111,56 @@ def run(ctx: RunContext) -> Report:
                 first = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
                 exclude += (first,) if first else ()
             names = list(prunable_weights(model, min_params=int(settings["min_params"]), exclude=exclude))
-            every = max(1, round(float(settings["update_every_epochs"]) * cfg.steps_per_epoch(len(task.train))))
-            modifiers.append(GMPModifier(MaskSet(model, names), init_sparsity=float(settings["init_sparsity"]),
-                                         final_sparsity=sparsity, start_step=start, end_step=end, update_every=every))
+            every = max(
+                1, round(float(settings["update_every_epochs"]) * cfg.steps_per_epoch(len(task.train)))
+            )
+            modifiers.append(
+                GMPModifier(
+                    MaskSet(model, names),
+                    init_sparsity=float(settings["init_sparsity"]),
+                    final_sparsity=sparsity,
+                    start_step=start,
+                    end_step=end,
+                    update_every=every,
+                )
+            )
         elif mode == "channels":
             example = task.example_inputs(1)
-            modifiers.append(StructuredPruner(
-                model, example, kind=task.kind, macs_reduction=reduction, start_step=start, end_step=end,
-                events=int(settings["structured_events"]),
-                round_to=int(settings["round_channels_to"]) if task.kind == "image" else None, ignored=[head]))
+            modifiers.append(
+                StructuredPruner(
+                    model,
+                    example,
+                    kind=task.kind,
+                    macs_reduction=reduction,
+                    start_step=start,
+                    end_step=end,
+                    events=int(settings["structured_events"]),
+                    round_to=int(settings["round_channels_to"]) if task.kind == "image" else None,
+                    ignored=[head],
+                )
+            )
         weight = float(settings["distillation_weight"])
         teacher_model = teacher.module if teacher else baseline_model
         if weight > 0:
-            modifiers.append(DistillationModifier(teacher_model, weight=weight,
-                                                  temperature=float(settings["distillation_temperature"])))
+            modifiers.append(
+                DistillationModifier(
+                    teacher_model, weight=weight, temperature=float(settings["distillation_temperature"])
+                )
+            )
         ctx.telemetry.stage("train-prune" if level >= 0.3 else "train")
         phase_cfg = P.TrainConfig(**{**asdict(cfg), "epochs": main_epochs})
-        trainer = Trainer(task, model, phase_cfg, "main", store, modifiers, ctx.telemetry, ctx.show_progress,
-                          exp.seed, (0.8 * dense_epochs / total, 0.8))
+        trainer = Trainer(
+            task,
+            model,
+            phase_cfg,
+            "main",
+            store,
+            modifiers,
+            ctx.telemetry,
+            ctx.show_progress,
+            exp.seed,
+            (0.8 * dense_epochs / total, 0.8),
+        )
         history += trainer.fit()
         model = trainer.bare_model
         if trainer.resumed_from is not None:
@@ -115,14 +176,30 @@ def run(ctx: RunContext) -> Report:
         macs = (count_macs(baseline_model, example), count_macs(model, example))
     final_acc = evaluate_torch(task, model)
     int8 = P.want_int8(settings, level)
-    result = P.finalize(ctx, task, baseline_model=baseline_model, final_model=model, settings=effective,
-                        mode=mode, int8=int8, cfg=cfg)
-    save_torch_artifact(task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=mode == "channels")
+    result = P.finalize(
+        ctx,
+        task,
+        baseline_model=baseline_model,
+        final_model=model,
+        settings=effective,
+        mode=mode,
+        int8=int8,
+        cfg=cfg,
+    )
+    save_torch_artifact(
+        task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=mode == "channels"
+    )
     effective.update(P.torch_param_stats(model), torch_val_accuracy=round(final_acc, 5))
     report = P.build_report(
-        ctx, mode=mode, settings=effective, result=result, history=history, notes=notes,
+        ctx,
+        mode=mode,
+        settings=effective,
+        result=result,
+        history=history,
+        notes=notes,
         extra_layers=P.channel_layers(baseline_model, model) if mode == "channels" else None,
-        macs=macs, sparsity=P.prunable_sparsity(model),
+        macs=macs,
+        sparsity=P.prunable_sparsity(model),
     )
     P.elapsed(timings, "export_evaluate", t)
     report.timings_s.update(timings)

@@ -51,7 +51,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class CheckpointStore:
     """Named checkpoint files (``<phase>.pt``) + a sync callback (upload to the output)."""
 
-    def __init__(self, root: Path, run_fingerprint: str, sync: Callable[[], None], *, enabled: bool = True) -> None:
+    def __init__(
+        self, root: Path, run_fingerprint: str, sync: Callable[[], None], *, enabled: bool = True
+    ) -> None:
         self.root, self.fp, self.sync, self.enabled = root, run_fingerprint, sync, enabled
         self.notes: list[str] = []
 

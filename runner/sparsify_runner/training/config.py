@@ -60,9 +60,7 @@ def parse_train_kwargs(raw: dict[str, Any]) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise InputError(
-            f"unknown train-kwargs key(s) {unknown}; known keys: {', '.join(sorted(known))}"
-        )
+        raise InputError(f"unknown train-kwargs key(s) {unknown}; known keys: {', '.join(sorted(known))}")
     values: dict[str, Any] = {}
     for key, value in raw.items():
         typ = type(getattr(TrainConfig(), key))

@@ -39,21 +39,31 @@ def export_onnx(task: Task, model: nn.Module, path: Path) -> Path:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, tuple(example[n] for n in names), str(path), input_names=names, output_names=["logits"],
-            dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            module,
+            tuple(example[n] for n in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
         )
     return path
 
 
-def save_torch_artifact(task: Task, model: nn.Module, arch: str, tokenizer, out_dir: Path,
-                        structured: bool) -> Path:
+def save_torch_artifact(
+    task: Task, model: nn.Module, arch: str, tokenizer, out_dir: Path, structured: bool
+) -> Path:
     """model.pt (checkpoint dict: state_dict, arch_key, classes, image size, layer sizes when
     structurally pruned) or model-hf.tar (a Hugging Face folder) in ``out_dir``."""
     model = copy.deepcopy(model).float().cpu().eval()
     if task.kind == "image":
         path = out_dir / "model.pt"
         payload = {
-            "state_dict": model.state_dict(), "arch_key": arch, "classes": task.classes,
+            "state_dict": model.state_dict(),
+            "arch_key": arch,
+            "classes": task.classes,
             "image_size": int(task.settings.get("image_size", 224)),
         }
         if structured:

@@ -45,18 +45,27 @@ def device_for_run() -> torch.device:
 class _EpochSampler(Sampler[list[int]]):
     """Seeded per-epoch shuffle that can start mid-epoch (resume) and shard for DDP."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int, rank: int, world: int):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int, rank: int, world: int
+    ):
         self.n, self.bs, self.seed, self.epoch, self.start, self.rank, self.world = (
-            n, batch_size, seed, epoch, start_batch, rank, world)
+            n,
+            batch_size,
+            seed,
+            epoch,
+            start_batch,
+            rank,
+            world,
+        )
 
     def _batches(self) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        order = order[self.rank::self.world]
-        return [order[i:i + self.bs] for i in range(0, len(order), self.bs)]
+        order = order[self.rank :: self.world]
+        return [order[i : i + self.bs] for i in range(0, len(order), self.bs)]
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()[self.start:]
+        yield from self._batches()[self.start :]
 
     def __len__(self) -> int:
         return max(0, len(self._batches()) - self.start)
@@ -135,8 +144,9 @@ class Trainer:
     def build_optimizer(self) -> None:
         params = [p for p in self.bare_model.parameters() if p.requires_grad]
         if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=0.9,
-                                             weight_decay=self.cfg.weight_decay, nesterov=True)
+            self.optimizer = torch.optim.SGD(
+                params, lr=self.cfg.lr, momentum=0.9, weight_decay=self.cfg.weight_decay, nesterov=True
+            )
         else:
             self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
@@ -151,11 +161,15 @@ class Trainer:
     def _payload(self, done: bool) -> dict[str, Any]:
         model = self.bare_model
         return {
-            "phase": self.phase, "step": self.step, "done": done,
+            "phase": self.phase,
+            "step": self.step,
+            "done": done,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "shapes": size_attributes(model),
             "optimizer": self.optimizer.state_dict() if self.optimizer and not done else None,
-            "modifiers": {type(m).__name__: m.state_dict() for m in self.modifiers if hasattr(m, "state_dict")},
+            "modifiers": {
+                type(m).__name__: m.state_dict() for m in self.modifiers if hasattr(m, "state_dict")
+            },
             "history": [r.model_dump() for r in self.history],
             "rng": rng_state(),
         }
@@ -197,15 +211,20 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.model = DDP(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         signals.install()
         with self._progress() as bar:
             while self.step < self.total_steps:
                 epoch, start = divmod(self.step, self.steps_per_epoch)
-                sampler = _EpochSampler(len(self.task.train), self.cfg.batch_size, self.seed, epoch, start,
-                                        self.rank, self.world)
+                sampler = _EpochSampler(
+                    len(self.task.train), self.cfg.batch_size, self.seed, epoch, start, self.rank, self.world
+                )
                 losses: list[float] = []
-                for inputs, labels in make_loader(self.task.train, self.cfg.batch_size, self.cfg.num_workers, sampler):
+                for inputs, labels in make_loader(
+                    self.task.train, self.cfg.batch_size, self.cfg.num_workers, sampler
+                ):
                     if signals.stop_requested():
                         self.save()
                         raise Terminated(
@@ -260,9 +279,11 @@ class Trainer:
     def _end_epoch(self, losses: list[float]) -> None:
         acc = evaluate(self.task, self.bare_model, self.device, self.cfg.eval_batch_size)
         record = EpochRecord(
-            epoch=round(self.epoch_float, 3), step=self.step,
+            epoch=round(self.epoch_float, 3),
+            step=self.step,
             train_loss=round(sum(losses) / max(1, len(losses)), 5) if losses else float("nan"),
-            val_accuracy=round(acc, 5), sparsity=round(prunable_sparsity(self.bare_model), 5),
+            val_accuracy=round(acc, 5),
+            sparsity=round(prunable_sparsity(self.bare_model), 5),
             lr=self.lr_at(max(0, self.step - 1)),
         )
         self.history.append(record)
@@ -270,26 +291,48 @@ class Trainer:
             self.telemetry.evaluation(f"{self.phase}_val_accuracy", acc)
 
     def _progress(self):
-        return _ProgressBar(self.phase, self.total_steps, self.steps_per_epoch, self.step,
-                            enabled=self.show_progress and self.rank == 0)
+        return _ProgressBar(
+            self.phase,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.step,
+            enabled=self.show_progress and self.rank == 0,
+        )
 
 
 class _ProgressBar:
     """rich progress bar: phase, epoch, step, loss, ETA."""
 
     def __init__(self, phase: str, total: int, per_epoch: int, start: int, enabled: bool) -> None:
-        self.phase, self.total, self.per_epoch, self.start, self.enabled = phase, total, per_epoch, start, enabled
+        self.phase, self.total, self.per_epoch, self.start, self.enabled = (
+            phase,
+            total,
+            per_epoch,
+            start,
+            enabled,
+        )
         self.progress = None
         self.last = time.monotonic()
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
                 transient=False,
             )
             self.progress.start()
@@ -299,8 +342,11 @@ class _ProgressBar:
     def __call__(self, step: int, loss: float) -> None:
         if self.progress is not None:
             epoch = min(step // self.per_epoch + 1, max(1, self.total // self.per_epoch))
-            self.progress.update(self.task, completed=step,
-                                 info=f"epoch {epoch}/{max(1, self.total // self.per_epoch)} loss {loss:.4f}")
+            self.progress.update(
+                self.task,
+                completed=step,
+                info=f"epoch {epoch}/{max(1, self.total // self.per_epoch)} loss {loss:.4f}",
+            )
 
     def __exit__(self, *exc) -> None:
         if self.progress is not None:

@@ -13,9 +13,20 @@ import torch
 from torch import nn
 
 SIZE_ATTRS = (
-    "in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
-    "normalized_shape", "num_attention_heads", "attention_head_size", "all_head_size",
-    "num_heads", "head_dim", "embed_dim", "num_key_value_heads",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "in_features",
+    "out_features",
+    "num_features",
+    "normalized_shape",
+    "num_attention_heads",
+    "attention_head_size",
+    "all_head_size",
+    "num_heads",
+    "head_dim",
+    "embed_dim",
+    "num_key_value_heads",
 )
 
 
@@ -37,12 +48,17 @@ def size_attributes(model: nn.Module) -> dict[str, dict[str, Any]]:
     # transformers keeps head counts in the config as well
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
-        out["__config__"] = {k: v for k, v in config.to_dict().items()
-                             if k in ("intermediate_size", "num_attention_heads") and _plain(v)}
+        out["__config__"] = {
+            k: v
+            for k, v in config.to_dict().items()
+            if k in ("intermediate_size", "num_attention_heads") and _plain(v)
+        }
     return out
 
 
-def restore_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str, dict[str, Any]]) -> None:
+def restore_shapes(
+    model: nn.Module, state: dict[str, torch.Tensor], attrs: dict[str, dict[str, Any]]
+) -> None:
     """Resize parameters/buffers to ``state``'s shapes and set the size attributes."""
     for key, tensor in state.items():
         mod_name, _, pname = key.rpartition(".")
@@ -53,7 +69,9 @@ def restore_shapes(model: nn.Module, state: dict[str, torch.Tensor], attrs: dict
         current = getattr(module, pname, None)
         if isinstance(current, torch.Tensor) and current.shape != tensor.shape:
             if isinstance(current, nn.Parameter):
-                setattr(module, pname, nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad))
+                setattr(
+                    module, pname, nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad)
+                )
             else:
                 module.register_buffer(pname, torch.empty_like(tensor))
     for name, values in attrs.items():

@@ -54,7 +54,9 @@ class Task:
         sample, _ = self.val[0]
         return {k: v.unsqueeze(0).repeat(batch, *([1] * v.dim())) for k, v in sample.items()}
 
-    def numpy_samples(self, dataset: Dataset, limit: int | None = None) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    def numpy_samples(
+        self, dataset: Dataset, limit: int | None = None
+    ) -> tuple[list[dict[str, np.ndarray]], list[int]]:
         n = len(dataset) if limit is None else min(limit, len(dataset))
         samples, labels = [], []
         for i in range(n):
@@ -78,24 +80,34 @@ def image_task(splits, image_size: int, *, max_train: int = 0, max_val: int = 0,
     if train.classes != val.classes:
         raise InputError(f"classes differ between '{splits.train_dir}' and '{splits.val_dir}'")
     return Task(
-        "image", list(train.classes),
-        _ImageDataset(_subset(train, max_train, seed)), _ImageDataset(_subset(val, max_val, seed)),
-        ["input"], {"image_size": image_size},
+        "image",
+        list(train.classes),
+        _ImageDataset(_subset(train, max_train, seed)),
+        _ImageDataset(_subset(val, max_val, seed)),
+        ["input"],
+        {"image_size": image_size},
     )
 
 
-def text_task(splits, tokenizer, max_length: int, *, max_train: int = 0, max_val: int = 0, seed: int = 0) -> Task:
+def text_task(
+    splits, tokenizer, max_length: int, *, max_train: int = 0, max_val: int = 0, seed: int = 0
+) -> Task:
     def encode(rows):
         first, second = splits.texts(rows)
-        enc = tokenizer(first, second, truncation=True, padding="max_length", max_length=max_length,
-                        return_tensors="pt")
+        enc = tokenizer(
+            first, second, truncation=True, padding="max_length", max_length=max_length, return_tensors="pt"
+        )
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     train = _TensorDictDataset(encode(splits.train_rows), splits.labels(splits.train_rows))
     val = _TensorDictDataset(encode(splits.val_rows), splits.labels(splits.val_rows))
     return Task(
-        "text", list(splits.classes), _subset(train, max_train, seed), _subset(val, max_val, seed),
-        list(encode(splits.train_rows[:1]).keys()), {"max_length": max_length},
+        "text",
+        list(splits.classes),
+        _subset(train, max_train, seed),
+        _subset(val, max_val, seed),
+        list(encode(splits.train_rows[:1]).keys()),
+        {"max_length": max_length},
     )
 
 
