@@ -34,7 +34,9 @@ def _stock_quantize(model: Path, calibration: list, out: Path) -> float:
     return round(time.perf_counter() - started, 2)
 
 
-def bench_model(name: str, model: Path, data: Path, levels: list[float], work: Path, seconds: float) -> dict:
+def bench_model(
+    name: str, model: Path, data: Path, levels: list[float], work: Path, seconds: float, overrides: dict
+) -> dict:
     from sparsify_runner.benchmark import measure_latency
     from sparsify_runner.data.npz import load_npz_folder, split_samples
     from sparsify_runner.evaluate import fidelity, run_onnx
@@ -53,7 +55,7 @@ def bench_model(name: str, model: Path, data: Path, levels: list[float], work: P
                 "data": str(data),
                 "optimLevel": level,
                 "output": str(out),
-                "recipeArgs": {"benchmark_seconds": seconds},
+                "recipeArgs": {"benchmark_seconds": seconds, **overrides},
             }
         )
         started = time.perf_counter()
@@ -121,6 +123,7 @@ def main() -> None:
         "--samples", type=int, default=320, help="npz samples (20%% held out, rest calibrates)"
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="benchmark seconds per model")
+    parser.add_argument("--recipe-args", default="{}", help="JSON recipe overrides for every one-shot run")
     args = parser.parse_args()
 
     import os
@@ -142,7 +145,8 @@ def main() -> None:
         builders = {"mobilenet_v2": assets.build_mobilenet_v2, "resnet50": assets.build_resnet50}
         for name in args.models:
             model = builders[name](work / f"{name}.onnx")
-            out["results"].append(bench_model(name, model, data, args.levels, work, args.seconds))
+            overrides = json.loads(args.recipe_args)
+            out["results"].append(bench_model(name, model, data, args.levels, work, args.seconds, overrides))
     print(json.dumps(out, indent=2))
 
 

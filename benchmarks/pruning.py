@@ -14,6 +14,7 @@ Usage: python benchmarks/pruning.py [--calib 128] [--holdout 256] [--resnet-samp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -84,10 +85,15 @@ def crops(n: int, seed: int, size: int = 224) -> list[dict[str, np.ndarray]]:
 
 
 def export(model: torch.nn.Module, path: Path) -> onnx.ModelProto:
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter logs to stdout; keep it JSON
+        _export(model, path)
+    return onnx.load(str(path))
+
+
+def _export(model: torch.nn.Module, path: Path) -> None:
     torch.onnx.export(
         model.eval(), (torch.randn(1, 3, 224, 224),), str(path), input_names=["x"], output_names=["logits"]
     )
-    return onnx.load(str(path))
 
 
 def mobilenet_v2() -> torch.nn.Module:
@@ -117,6 +123,7 @@ def main() -> None:
     ap.add_argument("--resnet-samples", type=int, default=256)
     ap.add_argument("--resnet-sparsity", type=float, default=0.6)
     ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--skip-mobilenet", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(2)
     result: dict = {
@@ -128,37 +135,38 @@ def main() -> None:
         }
     }
     with tempfile.TemporaryDirectory() as tmp:
-        calib, held = crops(args.calib, seed=0), crops(args.holdout, seed=1)
-        dense_model = export(mobilenet_v2(), Path(tmp) / "mnv2.onnx")
-        dense = logits(dense_model, held)
-        rows = []
-        for sparsity in args.sparsities:
-            for method in ("obs", "obs-no-upstream-correction", "magnitude"):
-                t0 = time.perf_counter()
-                if method == "obs-no-upstream-correction":
-                    res = prune_onnx(dense_model, calib, sparsity, method="obs", correct_upstream=False)
-                else:
-                    res = prune_onnx(dense_model, calib, sparsity, method=method)
-                wall = time.perf_counter() - t0
-                out = logits(res.model, held)
-                rows.append(
-                    {
-                        "sparsity": sparsity,
-                        "method": method,
-                        "achieved_sparsity": round(res.achieved_sparsity, 4),
-                        "top1_agreement": round(float((out.argmax(1) == dense.argmax(1)).mean()), 4),
-                        "relative_logit_error": round(
-                            float(np.linalg.norm(out - dense) / np.linalg.norm(dense)), 4
-                        ),
-                        "prune_wall_s": round(wall, 2),
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True, file=sys.stderr)
-        result["mobilenet_v2"] = {
-            "calibration_samples": args.calib,
-            "holdout_samples": args.holdout,
-            "runs": rows,
-        }
+        if not args.skip_mobilenet:
+            calib, held = crops(args.calib, seed=0), crops(args.holdout, seed=1)
+            dense_model = export(mobilenet_v2(), Path(tmp) / "mnv2.onnx")
+            dense = logits(dense_model, held)
+            rows = []
+            for sparsity in args.sparsities:
+                for method in ("obs", "obs-no-upstream-correction", "magnitude"):
+                    t0 = time.perf_counter()
+                    if method == "obs-no-upstream-correction":
+                        res = prune_onnx(dense_model, calib, sparsity, method="obs", correct_upstream=False)
+                    else:
+                        res = prune_onnx(dense_model, calib, sparsity, method=method)
+                    wall = time.perf_counter() - t0
+                    out = logits(res.model, held)
+                    rows.append(
+                        {
+                            "sparsity": sparsity,
+                            "method": method,
+                            "achieved_sparsity": round(res.achieved_sparsity, 4),
+                            "top1_agreement": round(float((out.argmax(1) == dense.argmax(1)).mean()), 4),
+                            "relative_logit_error": round(
+                                float(np.linalg.norm(out - dense) / np.linalg.norm(dense)), 4
+                            ),
+                            "prune_wall_s": round(wall, 2),
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True, file=sys.stderr)
+            result["mobilenet_v2"] = {
+                "calibration_samples": args.calib,
+                "holdout_samples": args.holdout,
+                "runs": rows,
+            }
         if not args.skip_resnet:
             r50 = export(torchvision.models.resnet50(), Path(tmp) / "r50.onnx")
             samples = crops(args.resnet_samples, seed=2)

@@ -14,7 +14,8 @@ run time. Neighbouring patches are strongly correlated, so each layer keeps at m
 16,384 and 16: at least 16 rows per Hessian column, enough for a well-conditioned
 estimate once dampened), taken as a uniformly random, seeded subset of the positions of
 each sample (same count per sample). The same cap applies to the token rows of linear
-layers.
+layers. With the upstream correction (dense cross term ``X_dense X^T`` accumulated too, so
+twice the products) the budget is halved to keep the run time.
 Products run in float32 over chunks of rows and are summed into a float64 accumulator.
 """
 
@@ -75,9 +76,18 @@ def unfold_conv_input(x: torch.Tensor, spec: InputSpec) -> torch.Tensor:
 class HessianAccumulator:
     """Accumulates the Hessian of one :class:`InputSpec` over calibration batches."""
 
-    def __init__(self, spec: InputSpec, n_samples: int, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0):
+    def __init__(
+        self,
+        spec: InputSpec,
+        n_samples: int,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        seed: int = 0,
+        *,
+        rows_scale: float = 1.0,
+    ):
         self.spec = spec
-        budget = min(max_rows, max(MIN_ROWS, ROWS_PER_COL * spec.cols))
+        # rows_scale < 1 when the dense cross term is also accumulated (twice the products)
+        budget = int(rows_scale * min(max_rows, max(MIN_ROWS, ROWS_PER_COL * spec.cols)))
         self.per_sample = max(1, math.ceil(budget / max(1, n_samples)))
         self.hessian = torch.zeros((spec.groups, spec.cols, spec.cols), dtype=torch.float64)
         self.rows = 0

@@ -488,7 +488,13 @@ def _obs_pass(
         for ly in members:
             key = (ly.data_input, ly.spec)
             if key not in accs:
-                accs[key] = HessianAccumulator(ly.spec, len(calibration), max_rows=max_rows, seed=len(accs))
+                accs[key] = HessianAccumulator(
+                    ly.spec,
+                    len(calibration),
+                    max_rows=max_rows,
+                    seed=len(accs),
+                    rows_scale=0.5 if correct_upstream else 1.0,
+                )
                 by_tensor.setdefault(ly.data_input, []).append(accs[key])
         hess_time = [0.0]
         dense: dict[str, list[np.ndarray]] = {name: [] for name in by_tensor}

@@ -20,7 +20,7 @@ from ..modifiers.masks import FixedMasks, MaskSet
 from ..report import Report
 from ..training import pipeline as P
 from ..training.export import save_torch_artifact
-from ..training.loop import Trainer
+from ..training.loop import Trainer, evaluate
 
 
 def choose_base_model(ctx: RunContext) -> tuple[Path, str | None, list[str], dict]:
@@ -122,7 +122,7 @@ def run(ctx: RunContext) -> Report:
     t = P.elapsed(timings, "train", t)
 
     model.cpu().eval()
-    final_acc = P.evaluate(task, model, torch.device("cpu"))
+    final_acc = evaluate(task, model, torch.device("cpu"))
     result = P.finalize(
         ctx,
         task,

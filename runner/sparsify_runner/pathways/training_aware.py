@@ -20,7 +20,7 @@ from ..report import Report
 from ..spec import ExperimentType
 from ..training import pipeline as P
 from ..training.export import save_torch_artifact
-from ..training.loop import Trainer
+from ..training.loop import Trainer, evaluate
 
 
 def run(ctx: RunContext) -> Report:
@@ -207,4 +207,4 @@ def run(ctx: RunContext) -> Report:
 
 
 def evaluate_torch(task, model) -> float:
-    return P.evaluate(task, model, torch.device("cpu"))
+    return evaluate(task, model, torch.device("cpu"))

@@ -31,6 +31,8 @@ class _LogitsOnly(nn.Module):
 
 def export_onnx(task: Task, model: nn.Module, path: Path) -> Path:
     model = copy.deepcopy(model).float().cpu().eval()
+    if task.kind == "text" and hasattr(model, "config"):
+        model.config._attn_implementation = "eager"  # sdpa exports -inf masks
     example = task.example_inputs(1)
     names = list(example)
     module = model if task.kind == "image" else _LogitsOnly(model, names)

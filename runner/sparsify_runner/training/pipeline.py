@@ -142,21 +142,30 @@ def finalize(
         ctx.telemetry.stage("quantize")
         calib, _ = task.numpy_samples(task.train, limit=cfg.calibration_samples)
         fmt = exp.deploy.quant_format if exp.deploy.quant_format != "auto" else "qdq"
-        result = quantize_int8(
-            fp32_onnx,
-            calib,
-            build / "model_int8.onnx",
-            holdout=val_samples[:64],
-            quant_format=fmt,
-            show_progress=ctx.show_progress,
-            time_budget_s=float(settings.get("int8_search_seconds", 120)),
-        )
-        candidates.extend(result.candidates)
-        notes.extend(result.notes)
+        try:
+            result = quantize_int8(
+                fp32_onnx,
+                calib,
+                build / "model_int8.onnx",
+                holdout=val_samples[:64],
+                quant_format=fmt,
+                show_progress=ctx.show_progress,
+                time_budget_s=float(settings.get("int8_search_seconds", 120)),
+            )
+        except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
+            log.warning("INT8 quantization failed: %s", err)
+            notes.append(f"static INT8 failed on this graph ({str(err).splitlines()[0][:120]}); kept FP32")
+            result = None
         limit = float(settings.get("max_int8_accuracy_drop", 0.01))
-        if not result.quantized or result.chosen == "fp32":
+        if result is None:
+            pass
+        elif not result.quantized or result.chosen == "fp32":
+            candidates.extend(result.candidates)
+            notes.extend(result.notes)
             notes.append("static INT8: no candidate was both faithful and faster on onnxruntime; kept FP32")
         else:
+            candidates.extend(result.candidates)
+            notes.extend(result.notes)
             int8_acc = onnx_accuracy(result.path)
             drop = fp32_acc - int8_acc
             candidates.append(
