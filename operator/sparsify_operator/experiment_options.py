@@ -11,7 +11,7 @@ import functools
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from sparsify_runner.errors import InputError
@@ -21,24 +21,32 @@ _O = typer.Option
 
 # flag parameter name -> (annotation, typer option)
 EXPERIMENT_PARAMS: dict[str, Any] = {
-    "use_case": (Optional[str], _O(None, "--use-case", help="image-classification, text-classification, ... or custom.")),
-    "model": (Optional[str], _O(None, "--model", help="Model path/URI (ONNX for one-shot).")),
-    "arch": (Optional[str], _O(None, "--arch", help="torchvision architecture when --model is a bare state dict.")),
-    "data": (Optional[str], _O(None, "--data", help="Dataset folder or URI.")),
-    "optim_level": (float, _O(0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity.")),
-    "teacher": (Optional[str], _O(None, "--teacher", help="Distillation teacher (default: the dense model).")),
-    "recipe": (Optional[str], _O(None, "--recipe", help="Recipe YAML overriding the optim-level recipe.")),
-    "recipe_args": (Optional[str], _O(None, "--recipe-args", help="JSON object of recipe overrides.")),
-    "train_kwargs": (Optional[str], _O(None, "--train-kwargs", help='JSON object, e.g. \'{"epochs": 3}\'.')),
+    "use_case": (str | None, _O(
+        None, "--use-case", help="image-classification, text-classification, ... or custom."
+    )),
+    "model": (str | None, _O(None, "--model", help="Model path/URI (ONNX for one-shot).")),
+    "arch": (str | None, _O(
+        None, "--arch", help="torchvision architecture when --model is a bare state dict."
+    )),
+    "data": (str | None, _O(None, "--data", help="Dataset folder or URI.")),
+    "optim_level": (float, _O(
+        0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity."
+    )),
+    "teacher": (str | None, _O(None, "--teacher", help="Distillation teacher (default: the dense model).")),
+    "recipe": (str | None, _O(None, "--recipe", help="Recipe YAML overriding the optim-level recipe.")),
+    "recipe_args": (str | None, _O(None, "--recipe-args", help="JSON object of recipe overrides.")),
+    "train_kwargs": (str | None, _O(None, "--train-kwargs", help='JSON object, e.g. \'{"epochs": 3}\'.')),
     "eval_metric": (str, _O("auto", "--eval-metric", help="auto, accuracy, f1 or fidelity.")),
-    "structure": (str, _O("unstructured", "--structure", help="unstructured or channels (structured, faster).")),
+    "structure": (str, _O(
+        "unstructured", "--structure", help="unstructured or channels (structured, faster)."
+    )),
     "pruning_method": (str, _O("obs", "--pruning-method", help="one-shot pruning: obs or magnitude.")),
-    "catalog": (Optional[str], _O(None, "--catalog", help="Sparse-transfer base-model catalog URI.")),
+    "catalog": (str | None, _O(None, "--catalog", help="Sparse-transfer base-model catalog URI.")),
     "deploy_device": (str, _O("cpu", "--deploy-device", help="Target device: cpu or cuda.")),
     "deploy_batch_size": (int, _O(1, "--deploy-batch-size", help="Target batch size for the benchmark.")),
     "quant_format": (str, _O("auto", "--quant-format", help="INT8 format: auto, qdq or qoperator.")),
     "output": (str, _O(".", "--output", "-o", help="Output folder or s3:// prefix (default: working dir).")),
-    "name": (Optional[str], _O(None, "--name", help="Experiment name.")),
+    "name": (str | None, _O(None, "--name", help="Experiment name.")),
     "seed": (int, _O(0, "--seed", help="Random seed.")),
 }
 
@@ -49,7 +57,9 @@ def _json_flag(flag: str, value: str | None) -> dict[str, Any]:
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as err:
-        raise InputError(f"{flag} is not valid JSON ({err.msg}); pass an object like '{{\"epochs\": 3}}'") from None
+        raise InputError(
+            f"{flag} is not valid JSON ({err.msg}); pass an object like '{{\"epochs\": 3}}'"
+        ) from None
     if not isinstance(parsed, dict):
         raise InputError(f"{flag} must be a JSON object like '{{\"epochs\": 3}}'")
     return parsed

@@ -162,17 +162,32 @@ def layer_sparsity(path: Path) -> list[LayerReport]:
     return layers
 
 
+def _model_files(path: Path, model: onnx.ModelProto) -> list[Path]:
+    """The .onnx file plus any external-data files its initializers point to."""
+    external = {
+        entry.value
+        for tensor in model.graph.initializer
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return [path] + [path.parent / name for name in sorted(external)]
+
+
 def model_stats(path: Path) -> ModelStats:
-    """File size, gzip size, parameters, sparsity over prunable layers, MACs per sample."""
+    """File size, gzip size, parameters, sparsity over prunable layers, MACs per sample.
+
+    Sizes count external-data files too (torch writes large weights next to the .onnx)."""
     path = Path(path)
-    raw = path.read_bytes()
-    model = onnx.load_from_string(raw)
+    files = _model_files(path, onnx.load(str(path), load_external_data=False))
+    model = onnx.load(str(path), load_external_data=True)
     ws = weights(model)
     total = sum(int(w.values.size) for w in ws)
     zeros = sum(w.zeros for w in ws)
+    raws = [f.read_bytes() for f in files]
     return ModelStats(
-        file_size_bytes=len(raw),
-        compressed_size_bytes=len(gzip.compress(raw, compresslevel=6)),
+        file_size_bytes=sum(len(raw) for raw in raws),
+        compressed_size_bytes=sum(len(gzip.compress(raw, compresslevel=6)) for raw in raws),
         parameters=_parameters(model),
         sparsity=round(zeros / total, 6) if total else 0.0,
         flops=count_macs(model),

@@ -22,7 +22,7 @@ from .errors import InputError
 URI_SCHEMES = ("file", "s3", "http", "https")
 
 
-class ExperimentType(str, Enum):
+class ExperimentType(str, Enum):  # noqa: UP042 (plain str mixin keeps pydantic/CRD enums simple)
     one_shot = "one-shot"
     sparse_transfer = "sparse-transfer"
     training_aware = "training-aware"
@@ -190,13 +190,17 @@ def load_experiment(source: str) -> Experiment:
     else:
         path = Path(source)
         if not path.is_file():
-            raise InputError(f"experiment file '{source}' does not exist; pass a JSON/YAML file or inline JSON")
+            raise InputError(
+                f"experiment file '{source}' does not exist; pass a JSON/YAML file or inline JSON"
+            )
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise InputError(f"experiment file '{source}' is not valid YAML/JSON: {err}") from None
     if not isinstance(data, dict):
-        raise InputError(f"experiment '{source}' must be a mapping of fields (type, useCase, model, data, ...)")
+        raise InputError(
+            f"experiment '{source}' must be a mapping of fields (type, useCase, model, data, ...)"
+        )
     # Accept a whole SparsifyExperiment manifest too: use its spec.experiment.
     if "apiVersion" in data and isinstance(data.get("spec"), dict):
         data = data["spec"].get("experiment", data["spec"])
