@@ -287,3 +287,38 @@ def test_text_channels_jsonl(tiny_bert: Path, tmp_path: Path):
     rs = report(st)
     assert rs["mode"] == "channels"
     assert rs["settings"]["torch_parameters"] == r["settings"]["torch_parameters"]
+
+
+def _simple_cnn_checkpoint(path: Path, num_classes: int) -> Path:
+    from sparsify_runner.models.simple_cnn import EXTRA_ARCHS
+
+    torch.manual_seed(1)
+    model = EXTRA_ARCHS["simple_cnn"](num_classes=num_classes)
+    torch.save({"state_dict": model.state_dict(), "arch_key": "simple_cnn"}, path)
+    return path
+
+
+def test_training_aware_distills_from_teacher(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
+    teacher = _simple_cnn_checkpoint(tmp_path / "teacher.pt", num_classes=3)  # head fits the 3 classes
+    out = tmp_path / "out"
+    proc = sparsifyctl(
+        "run", "training-aware", "--use-case", "image-classification", "--model", str(cnn_checkpoint),
+        "--teacher", str(teacher), "--data", str(image_data), "--optim-level", "0.3",
+        "--train-kwargs", json.dumps({"epochs": 2, "batch_size": 8}), "-o", str(out), "--quiet",
+    )
+    _ok(proc)
+    notes = " ".join(report(out)["notes"])
+    assert f"distillation teacher: {teacher}" in notes
+    assert "also the distillation teacher" not in notes
+
+
+def test_teacher_without_matching_head_is_bad_input(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    proc = sparsifyctl(
+        "run", "training-aware", "--use-case", "image-classification", "--model", str(cnn_checkpoint),
+        "--teacher", str(cnn_checkpoint), "--data", str(image_data), "--optim-level", "0.3",
+        "-o", str(out), "--quiet",
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "teacher" in proc.stderr
+    assert not out.exists() or not any(out.iterdir())

@@ -56,16 +56,7 @@ def run(ctx: RunContext) -> Report:
     settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "sparse_transfer.yaml")
     model_path, arch, notes, catalog_info = choose_base_model(ctx)
     loaded = load_model(exp.use_case, model_path, arch=arch, classes=classes)
-    teacher = (
-        load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
-        if ctx.teacher_path
-        else None
-    )
-    if teacher is not None and teacher.head_replaced:
-        raise InputError(
-            f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
-            "pass a teacher fine-tuned on this data"
-        )
+    teacher = P.load_teacher(ctx, classes)
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
     task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
     model = loaded.module

@@ -31,18 +31,7 @@ def run(ctx: RunContext) -> Report:
     torch.manual_seed(exp.seed)
     settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "training_aware.yaml")
     loaded = load_model(exp.use_case, ctx.model_path, arch=exp.arch, classes=classes)
-    teacher = (
-        load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
-        if ctx.teacher_path
-        else None
-    )
-    if teacher is not None and teacher.head_replaced:
-        from ..errors import InputError
-
-        raise InputError(
-            f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
-            "pass a teacher fine-tuned on this data"
-        )
+    teacher = P.load_teacher(ctx, classes)
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
     task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
     level = exp.optim_level
@@ -93,7 +82,8 @@ def run(ctx: RunContext) -> Report:
         )
         notes.append(
             f"baseline = the model after {dense_epochs} epoch(s) of dense fine-tuning "
-            "(its checkpoint had no head for these classes); it is also the distillation teacher"
+            "(its checkpoint had no head for these classes)"
+            + ("" if teacher else "; it is also the distillation teacher")
         )
     baseline_model = P.copy_model(model)
     t = P.elapsed(timings, "train_dense", t)
@@ -141,6 +131,8 @@ def run(ctx: RunContext) -> Report:
             )
         weight = float(settings["distillation_weight"])
         teacher_model = teacher.module if teacher else baseline_model
+        if teacher and weight > 0:
+            notes.append(f"distillation teacher: {exp.teacher} (--teacher)")
         if weight > 0:
             modifiers.append(
                 DistillationModifier(

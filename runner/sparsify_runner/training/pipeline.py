@@ -351,6 +351,22 @@ def common_setup(ctx: RunContext, recipe_file: str):
     return settings, raw_cfg, splits, classes, train_count
 
 
+def load_teacher(ctx: RunContext, classes: list[str]):
+    """The --teacher model (None without one); it must already have a head for these classes."""
+    exp = ctx.experiment
+    if ctx.teacher_path is None:
+        return None
+    from ..models import load_model
+
+    teacher = load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
+    if teacher.head_replaced:
+        raise InputError(
+            f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "
+            "pass a teacher fine-tuned on this data"
+        )
+    return teacher
+
+
 def elapsed(timings: dict[str, float], key: str, start: float) -> float:
     now = time.perf_counter()
     timings[key] = round(now - start, 3)
