@@ -34,7 +34,7 @@ demo: venv
 
 test: venv test-deps
 	$(VENV)/bin/ruff check .
-	PATH="$(CURDIR)/.tools:$$PATH" $(VENV)/bin/pytest -q
+	PATH="$(CURDIR)/.tools:$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check .

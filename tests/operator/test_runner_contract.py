@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,6 +13,8 @@ from sparsify_operator.settings import OperatorSettings
 from sparsify_operator.status import map_job_status, pod_with_termination_message
 
 ROOT = Path(__file__).resolve().parents[2]
+# The image's ENTRYPOINT, taken from the environment running the tests.
+RUNNER = str(Path(sys.executable).parent / "sparsify-runner")
 
 
 def test_job_command_and_env_run_the_runner(tmp_path):
@@ -33,7 +36,7 @@ def test_job_command_and_env_run_the_runner(tmp_path):
         AWS_ENDPOINT_URL="http://127.0.0.1:9",
     )  # nothing listens: storage is unreachable
     proc = subprocess.run(
-        ["sparsify-runner", *container["args"]], env=env, capture_output=True, text=True, timeout=300
+        [RUNNER, *container["args"]], env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 75, proc.stderr  # transient: counted against backoffLimit, retried
     message = (tmp_path / "termination-log").read_text()
