@@ -106,9 +106,13 @@ def summarize(name: str, report: dict, wall: float) -> dict:
         "optimized_macs": o.get("flops"),
         "torch_sparsity": report["settings"].get("torch_sparsity"),
         "int8": report["settings"].get("int8_method"),
+        "int8_source": report["settings"].get("int8_source"),
+        "int8_val_accuracy": {
+            c["name"]: c["accuracy"] for c in report["candidates"] if c["name"].endswith("(val split)")
+        },
         "speedup_source": report["speedup_source"],
         "epochs": [
-            {"epoch": e["epoch"], "loss": e["train_loss"], "val_acc": e["val_accuracy"]}
+            {"phase": e["phase"], "epoch": e["epoch"], "loss": e["train_loss"], "val_acc": e["val_accuracy"]}
             for e in report["training"]
         ],
     }
@@ -161,6 +165,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="tiny subsets: a smoke test of the script")
     parser.add_argument("--only", choices=["cnn", "text"], default=None)
+    parser.add_argument("--levels", nargs="+", type=float, default=[0.5, 0.8])
+    parser.add_argument("--structures", nargs="+", default=["unstructured", "channels"])
+    parser.add_argument("--cnn-train", type=int, default=None, help="MNIST training images")
+    parser.add_argument("--cnn-val", type=int, default=None, help="MNIST validation images")
+    parser.add_argument("--cnn-epochs", type=int, default=None, help="training-aware epochs (CNN)")
+    parser.add_argument("--cnn-dense-epochs", type=int, default=None, help="dense fine-tune epochs (CNN)")
+    parser.add_argument("--image-size", type=int, default=48)
+    parser.add_argument("--text-train", type=int, default=None)
+    parser.add_argument("--text-val", type=int, default=None)
+    parser.add_argument("--text-epochs", type=int, default=None)
     args = parser.parse_args()
     import torch
 
@@ -169,26 +183,26 @@ def main() -> None:
     q = args.quick
     choices = {
         "cnn": {
-            "train_samples": 200 if q else 500,
-            "val_samples": 100 if q else 250,
-            "image_size": 48,
-            "dense_epochs": 1 if q else 2,
-            "epochs": 1 if q else 2,
+            "train_samples": args.cnn_train or (200 if q else 500),
+            "val_samples": args.cnn_val or (100 if q else 250),
+            "image_size": args.image_size,
+            "dense_epochs": args.cnn_dense_epochs or (1 if q else 2),
+            "epochs": args.cnn_epochs or (1 if q else 2),
             "batch_size": 32,
             "lr": 0.002,
         },
         "text": {
-            "train_samples": 64 if q else 240,
-            "val_samples": 64 if q else 160,
+            "train_samples": args.text_train or (64 if q else 240),
+            "val_samples": args.text_val or (64 if q else 160),
             "max_length": 48,
             "dense_epochs": 1 if q else 2,
-            "epochs": 1 if q else 1,
+            "epochs": args.text_epochs or 1,
             "batch_size": 16,
             "lr": 1e-4,
         },
         "int8_search_seconds": INT8_SEARCH_S,
-        "levels": [0.5, 0.8],
-        "structures": ["unstructured", "channels"],
+        "levels": args.levels,
+        "structures": args.structures,
         "deploy_batch_size": 1,
         "torch_threads": threads,
         "machine": f"{os.cpu_count()} CPU cores, no GPU"

@@ -59,6 +59,9 @@ class LayerReport(BaseModel):
 
 class EpochRecord(BaseModel):
     epoch: float
+    phase: str = "train"
+    """dense (fine-tune before pruning; negative epochs), main, or qat (INT8 simulated: its
+    val_accuracy is the simulated-INT8 accuracy)."""
     step: int
     train_loss: float
     val_accuracy: float | None = None

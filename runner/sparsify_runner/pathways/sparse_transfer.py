@@ -108,6 +108,21 @@ def run(ctx: RunContext) -> Report:
     model = trainer.bare_model
     if trainer.resumed_from is not None:
         notes.append(f"resumed from a checkpoint at step {trainer.resumed_from} of {trainer.total_steps}")
+    qat_model = None
+    if P.want_qat(settings, int8):
+        qat_model, qat_history = P.run_qat_phase(
+            ctx,
+            task,
+            model,
+            cfg,
+            store,
+            effective,
+            teacher=teacher.module if teacher is not None else None,
+            keep_zeros=sparsity > 0,
+            epoch_offset=float(cfg.epochs),
+            span=(0.8, 0.9),
+        )
+        history += qat_history
     notes += store.notes
     P.finish_distributed()
     t = P.elapsed(timings, "train", t)
@@ -123,7 +138,11 @@ def run(ctx: RunContext) -> Report:
         mode=mode,
         int8=int8,
         cfg=cfg,
+        qat_model=qat_model,
     )
+    if result["int8_source"] == "qat":
+        model = qat_model  # model.onnx was built from the QAT weights: model.pt holds them too
+        final_acc = evaluate(task, model, torch.device("cpu"))
     save_torch_artifact(task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=structured)
     effective.update(
         P.torch_param_stats(model),

@@ -157,6 +157,22 @@ def run(ctx: RunContext) -> Report:
         model = trainer.bare_model
         if trainer.resumed_from is not None:
             notes.append(f"resumed from a checkpoint at step {trainer.resumed_from} of {trainer.total_steps}")
+    int8 = P.want_int8(settings, level)
+    qat_model = None
+    if P.want_qat(settings, int8):
+        qat_model, qat_history = P.run_qat_phase(
+            ctx,
+            task,
+            model,
+            cfg,
+            store,
+            effective,
+            teacher=teacher.module if teacher else baseline_model,
+            keep_zeros=mode == "unstructured",
+            epoch_offset=float(main_epochs),
+            span=(0.8, 0.9),
+        )
+        history += qat_history
     for note in store.notes:
         notes.append(note)
     P.finish_distributed()
@@ -167,7 +183,6 @@ def run(ctx: RunContext) -> Report:
         example = task.example_inputs(1)
         macs = (count_macs(baseline_model, example), count_macs(model, example))
     final_acc = evaluate_torch(task, model)
-    int8 = P.want_int8(settings, level)
     result = P.finalize(
         ctx,
         task,
@@ -177,7 +192,11 @@ def run(ctx: RunContext) -> Report:
         mode=mode,
         int8=int8,
         cfg=cfg,
+        qat_model=qat_model,
     )
+    if result["int8_source"] == "qat":
+        model = qat_model  # model.onnx was built from the QAT weights: model.pt holds them too
+        final_acc = evaluate_torch(task, model)
     save_torch_artifact(
         task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=mode == "channels"
     )

@@ -208,12 +208,7 @@ class Trainer:
         self.build_optimizer()
         if payload is not None and payload.get("optimizer"):
             self.optimizer.load_state_dict(payload["optimizer"])
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+        self._wrap_ddp()
         signals.install()
         with self._progress() as bar:
             while self.step < self.total_steps:
@@ -243,8 +238,19 @@ class Trainer:
             self.model = self.model.module
         return self.history
 
+    def _wrap_ddp(self) -> None:
+        """(Re)wrap the bare model in DistributedDataParallel under torchrun: DDP's gradient
+        buckets are fixed at wrap time, so a structure change needs a fresh wrapper."""
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(
+                self.bare_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+
     def _train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
         if any(m.before_step(self) for m in self.modifiers if hasattr(m, "before_step")):
+            self._wrap_ddp()
             self.build_optimizer()  # structure changed: fresh optimizer state for the new shapes
         self.model.train()
         for group in self.optimizer.param_groups:
@@ -280,6 +286,7 @@ class Trainer:
         acc = evaluate(self.task, self.bare_model, self.device, self.cfg.eval_batch_size)
         record = EpochRecord(
             epoch=round(self.epoch_float, 3),
+            phase=self.phase,
             step=self.step,
             train_loss=round(sum(losses) / max(1, len(losses)), 5) if losses else float("nan"),
             val_accuracy=round(acc, 5),

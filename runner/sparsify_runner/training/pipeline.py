@@ -113,8 +113,13 @@ def finalize(
     mode: str,
     int8: bool,
     cfg: TrainConfig,
+    qat_model: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Export, quantize (keeping FP32 when INT8 costs too much accuracy), evaluate, benchmark."""
+    """Export, quantize (keeping FP32 when INT8 costs too much accuracy), evaluate, benchmark.
+
+    With ``qat_model`` (the final model after quantization-aware fine-tuning), INT8 is built
+    from both the plain fine-tuned model (static PTQ) and the QAT one; the one that keeps more
+    validation accuracy is used and ``int8_source`` says which ("ptq" / "qat" / None)."""
     from ..benchmark import measure_latency
     from ..evaluate import accuracy, run_onnx
     from ..modelstats import layer_sparsity, model_stats
@@ -135,56 +140,52 @@ def finalize(
     base_acc = onnx_accuracy(base_onnx)
     fp32_acc = onnx_accuracy(fp32_onnx)
     chosen = fp32_onnx
-    int8_method = None
+    int8_method = int8_source = None
     if int8:
-        from ..modifiers.quantization import quantize_int8
-
         ctx.telemetry.stage("quantize")
         calib, _ = task.numpy_samples(task.train, limit=cfg.calibration_samples)
         fmt = exp.deploy.quant_format if exp.deploy.quant_format != "auto" else "qdq"
-        try:
-            result = quantize_int8(
-                fp32_onnx,
-                calib,
-                build / "model_int8.onnx",
-                holdout=val_samples[:64],
-                quant_format=fmt,
-                show_progress=ctx.show_progress,
-                time_budget_s=float(settings.get("int8_search_seconds", 120)),
-            )
-        except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
-            log.warning("INT8 quantization failed: %s", err)
-            notes.append(f"static INT8 failed on this graph ({str(err).splitlines()[0][:120]}); kept FP32")
-            result = None
+        sources = [("ptq", fp32_onnx, "static PTQ of the fine-tuned model")]
+        if qat_model is not None:
+            qat_onnx = export_onnx(task, qat_model, build / "model_qat_fp32.onnx")
+            sources.append(("qat", qat_onnx, "after quantization-aware fine-tuning"))
+        budget = float(settings.get("int8_search_seconds", 120)) / len(sources)
         limit = float(settings.get("max_int8_accuracy_drop", 0.01))
-        if result is None:
-            pass
-        elif not result.quantized or result.chosen == "fp32":
-            candidates.extend(result.candidates)
-            notes.extend(result.notes)
-            notes.append("static INT8: no candidate was both faithful and faster on onnxruntime; kept FP32")
-        else:
-            candidates.extend(result.candidates)
-            notes.extend(result.notes)
-            int8_acc = onnx_accuracy(result.path)
-            drop = fp32_acc - int8_acc
-            candidates.append(
-                CandidateRecord(name="fp32 (val split)", chosen=drop > limit, accuracy=round(fp32_acc, 5))
+        fp32_record = CandidateRecord(name="fp32 (val split)", chosen=True, accuracy=round(fp32_acc, 5))
+        candidates.append(fp32_record)
+        best: tuple[float, float, str, Path, str] | None = None
+        for key, source, label in sources:
+            result = _static_int8(
+                ctx, source, build / f"model_int8_{key}.onnx", calib, val_samples, fmt, budget, notes
             )
+            if result is None:
+                continue
+            candidates.extend(c.model_copy(update={"name": f"{key}: {c.name}"}) for c in result.candidates)
+            if not result.quantized or result.chosen == "fp32":
+                notes.append(f"static INT8 ({label}): no candidate was both faithful and faster")
+                continue
+            acc = onnx_accuracy(result.path)
             candidates.append(
                 CandidateRecord(
-                    name=f"int8 {result.chosen} (val split)",
-                    chosen=drop <= limit,
-                    accuracy=round(int8_acc, 5),
+                    name=f"int8 {key} {result.chosen} (val split)", chosen=False, accuracy=round(acc, 5)
                 )
             )
-            if drop <= limit:
-                chosen = result.path
-                int8_method = (
-                    f"static {fmt.upper()} ({result.chosen}) calibrated on {len(calib)} training samples"
-                )
-            else:
-                notes.append(f"INT8 lost {drop:.2%} val accuracy (> {limit:.2%} allowed); kept FP32")
+            drop = fp32_acc - acc
+            if drop > limit:
+                notes.append(f"INT8 ({label}) lost {drop:.2%} val accuracy (> {limit:.2%} allowed)")
+                continue
+            rank = (acc, result.speedup or 1.0)
+            if best is None or rank > best[:2]:
+                best = (*rank, key, result.path, f"static {fmt.upper()} ({result.chosen}), {label}")
+        if best is None:
+            notes.append("kept FP32: no INT8 model stayed within the accuracy budget and was faster")
+        else:
+            _, _, int8_source, chosen, int8_method = best
+            int8_method += f", calibrated on {len(calib)} training samples"
+            fp32_record.chosen = False
+            for c in candidates:
+                if c.name.startswith(f"int8 {int8_source} ") and c.name.endswith("(val split)"):
+                    c.chosen = True
     shutil.copyfile(chosen, ctx.work_dir / "model.onnx")
     final_onnx = ctx.work_dir / "model.onnx"
     final_acc = onnx_accuracy(final_onnx)
@@ -202,6 +203,7 @@ def finalize(
     baseline.accuracy, optimized.accuracy = round(base_acc, 5), round(final_acc, 5)
     baseline.latency, optimized.latency = latencies[0], latencies[1]
     ctx.telemetry.evaluation("accuracy", final_acc)
+    shutil.rmtree(build, ignore_errors=True)  # intermediate exports are not results
     return {
         "baseline": baseline,
         "optimized": optimized,
@@ -209,8 +211,40 @@ def finalize(
         "candidates": candidates,
         "notes": notes,
         "int8_method": int8_method,
+        "int8_source": int8_source,
         "fp32_accuracy": fp32_acc,
     }
+
+
+def _static_int8(
+    ctx: RunContext,
+    source: Path,
+    out: Path,
+    calib: list,
+    val_samples: list,
+    fmt: str,
+    budget_s: float,
+    notes: list[str],
+):
+    """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it."""
+    from ..modifiers.quantization import quantize_int8
+
+    try:
+        result = quantize_int8(
+            source,
+            calib,
+            out,
+            holdout=val_samples[:64],
+            quant_format=fmt,
+            show_progress=ctx.show_progress,
+            time_budget_s=budget_s,
+        )
+    except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
+        log.warning("INT8 quantization failed: %s", err)
+        notes.append(f"static INT8 failed on this graph ({str(err).splitlines()[0][:120]})")
+        return None
+    notes.extend(result.notes)
+    return result
 
 
 def speedup_source(
@@ -255,6 +289,7 @@ def build_report(
     settings = {
         **settings,
         "int8_method": result["int8_method"] or "none (FP32)",
+        "int8_source": result["int8_source"],
         "fp32_accuracy": round(result["fp32_accuracy"], 5),
     }
     if macs:
@@ -343,10 +378,88 @@ def run_dense_phase(
     return history
 
 
+def want_qat(settings: dict[str, Any], int8: bool) -> bool:
+    q = settings.get("qat", "auto")
+    if q not in ("auto", True, False):
+        raise InputError(f"recipe 'qat' must be auto, true or false, got '{q}'")
+    return int8 and q in ("auto", True)
+
+
+def qat_epochs(settings: dict[str, Any], cfg: TrainConfig) -> int:
+    """``qat_epochs`` from the recipe; 0 = auto: a quarter of the main phase, at least 1."""
+    n = int(settings.get("qat_epochs", 0))
+    if n < 0:
+        raise InputError(f"recipe 'qat_epochs' must be >= 0, got {n}")
+    return n or max(1, round(cfg.epochs / 4))
+
+
+def run_qat_phase(
+    ctx: RunContext,
+    task: Task,
+    model: nn.Module,
+    cfg: TrainConfig,
+    store: CheckpointStore,
+    settings: dict[str, Any],
+    *,
+    teacher: nn.Module | None,
+    keep_zeros: bool,
+    epoch_offset: float,
+    span: tuple[float, float],
+) -> tuple[nn.Module, list]:
+    """Quantization-aware fine-tuning of a copy of ``model`` (INT8 simulated in the forward
+    pass, zeros held when ``keep_zeros``, distillation from ``teacher``). The caller builds
+    INT8 from both this copy and ``model`` and keeps the one that measures better."""
+    from ..modifiers.distillation import DistillationModifier
+    from ..modifiers.masks import FixedMasks, MaskSet
+    from ..modifiers.qat import FakeQuantModifier
+
+    epochs = qat_epochs(settings, cfg)
+    qat_model = copy_model(model)
+    fake_quant = FakeQuantModifier(weight_bits=int(settings.get("qat_weight_bits", 8)))
+    modifiers: list = [fake_quant]
+    if keep_zeros:
+        modifiers.append(FixedMasks(MaskSet.from_zeros(qat_model)))
+    weight = float(settings.get("distillation_weight", 0.0))
+    if teacher is not None and weight > 0:
+        modifiers.append(
+            DistillationModifier(
+                teacher, weight=weight, temperature=float(settings.get("distillation_temperature", 2.0))
+            )
+        )
+    phase_cfg = TrainConfig(
+        **{
+            **asdict(cfg),
+            "epochs": epochs,
+            "lr": cfg.lr * float(settings.get("qat_lr_scale", 0.1)),
+            "warmup_fraction": 0.0,
+        }
+    )
+    ctx.telemetry.stage("train-qat")
+    trainer = Trainer(
+        task,
+        qat_model,
+        phase_cfg,
+        "qat",
+        store,
+        modifiers,
+        ctx.telemetry,
+        ctx.show_progress,
+        ctx.experiment.seed + 1,
+        span,
+    )
+    history = trainer.fit()
+    qat_model = trainer.bare_model
+    fake_quant.remove()
+    for r in history:
+        r.epoch = round(r.epoch + epoch_offset, 3)
+    return qat_model.cpu().eval(), history
+
+
 def common_setup(ctx: RunContext, recipe_file: str):
     """Settings, data, train config: all validated up front."""
     settings = load_settings(ctx, recipe_file)
     raw_cfg = parse_train_kwargs(ctx.experiment.train_kwargs)
+    want_qat(settings, True), qat_epochs(settings, raw_cfg)  # recipe errors before any training
     splits, classes, train_count = inspect_data(ctx)
     return settings, raw_cfg, splits, classes, train_count
 
