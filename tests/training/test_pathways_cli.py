@@ -324,3 +324,42 @@ def test_teacher_without_matching_head_is_bad_input(image_data: Path, cnn_checkp
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "teacher" in proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_unstructured_keeps_depthwise_convs_dense(image_data: Path, tmp_path: Path):
+    """Depthwise convs (~9 weights per channel) are not masked unless prune_depthwise is set."""
+    import torchvision
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "mnv2.pt"
+    model = torchvision.models.mobilenet_v2(num_classes=3)
+    torch.save({"state_dict": model.state_dict(), "arch_key": "mobilenet_v2"}, checkpoint)
+    out = tmp_path / "out"
+    proc = sparsifyctl(
+        "run",
+        "training-aware",
+        "--use-case",
+        "image-classification",
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(image_data),
+        "--optim-level",
+        "0.8",
+        "--train-kwargs",
+        json.dumps({"epochs": 2, "batch_size": 10, "image_size": 32}),
+        "--recipe-args",
+        json.dumps({"quantize": False}),
+        "-o",
+        str(out),
+        "--quiet",
+    )
+    _ok(proc)
+    state = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    depthwise = {n + ".weight" for n, m in model.named_modules() if getattr(m, "groups", 1) > 1}
+    assert depthwise
+    for key, w in state.items():
+        if key in depthwise:
+            assert float((w == 0).float().mean()) == 0.0, key
+    pointwise = [w for k, w in state.items() if k.endswith("weight") and w.dim() == 4 and k not in depthwise]
+    assert max(float((w == 0).float().mean()) for w in pointwise) > 0.8

@@ -100,6 +100,8 @@ def run(ctx: RunContext) -> Report:
             if not settings.get("prune_first_conv", False):
                 first = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
                 exclude += (first,) if first else ()
+            if not settings.get("prune_depthwise", False):
+                exclude += tuple(depthwise_convs(model))
             names = list(prunable_weights(model, min_params=int(settings["min_params"]), exclude=exclude))
             every = max(
                 1, round(float(settings["update_every_epochs"]) * cfg.steps_per_epoch(len(task.train)))
@@ -215,6 +217,16 @@ def run(ctx: RunContext) -> Report:
     P.elapsed(timings, "export_evaluate", t)
     report.timings_s.update(timings)
     return report
+
+
+def depthwise_convs(model: torch.nn.Module) -> list[str]:
+    """Depthwise convs hold ~9 weights per channel: at high sparsity a layer-wise mask zeroes
+    whole channels (measured: MobileNetV2 at 95% fell to chance), for ~1% of the weights."""
+    return [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+    ]
 
 
 def evaluate_torch(task, model) -> float:
