@@ -37,26 +37,31 @@ class WeightInfo:
     values: np.ndarray
     zero_point: np.ndarray | None
     quantized: bool
+    axis: int = 0
+    """Axis of per-channel zero points: 0 for conv weights, 1 for MatMul's [K, N] weights."""
 
     @property
     def zeros(self) -> int:
         if self.zero_point is None:
             return int(np.count_nonzero(self.values == 0))
         zp = np.asarray(self.zero_point)
-        if zp.size > 1:  # per-channel zero points along axis 0
-            zp = zp.reshape((-1,) + (1,) * (self.values.ndim - 1))
+        if zp.size > 1:  # per-channel zero points along self.axis
+            shape = [1] * self.values.ndim
+            shape[self.axis % self.values.ndim] = -1
+            zp = zp.reshape(shape)
         return int(np.count_nonzero(self.values == zp))
 
 
 def _dequant_sources(
     model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]
 ) -> dict[str, tuple[str, str | None]]:
-    """DequantizeLinear output -> (quantized initializer, zero-point initializer or None)."""
+    """DequantizeLinear output -> (quantized initializer, zero-point initializer or None, axis)."""
     out = {}
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in inits:
             zp = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-            out[node.output[0]] = (node.input[0], zp)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)  # ONNX default: 1
+            out[node.output[0]] = (node.input[0], zp, axis)
     return out
 
 
@@ -71,16 +76,17 @@ def weights(model: onnx.ModelProto) -> list[WeightInfo]:
             continue
         name = node.input[idx]
         if name in dq:
-            q, zp = dq[name]
+            q, zp, axis = dq[name]
             zp_arr = numpy_helper.to_array(inits[zp]) if zp else np.zeros(1, dtype=np.int8)
-            found.append(WeightInfo(node, numpy_helper.to_array(inits[q]), zp_arr, True))
+            found.append(WeightInfo(node, numpy_helper.to_array(inits[q]), zp_arr, True, axis))
         elif name in inits:
             arr = numpy_helper.to_array(inits[name])
             if node.op_type in WEIGHT_ZP_INPUT:
                 zi = WEIGHT_ZP_INPUT[node.op_type]
                 zp = node.input[zi] if len(node.input) > zi and node.input[zi] in inits else None
                 zp_arr = numpy_helper.to_array(inits[zp]) if zp else np.zeros(1, dtype=arr.dtype)
-                found.append(WeightInfo(node, arr, zp_arr, True))
+                axis = 1 if "MatMul" in node.op_type else 0  # per-column for [K, N] matmul weights
+                found.append(WeightInfo(node, arr, zp_arr, True, axis))
             elif arr.ndim >= 2 and arr.dtype.kind == "f":
                 found.append(WeightInfo(node, arr, None, False))
     return found

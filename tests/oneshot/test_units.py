@@ -195,6 +195,37 @@ def test_model_stats_counts_sparsity_size_and_macs(tmp_path):
     assert [(ly.name, ly.op_type, ly.quantized) for ly in layers] == [("conv", "Conv", False)]
 
 
+def test_model_stats_of_per_channel_int8_matmul(tmp_path):
+    """A per-channel QDQ MatMul weight [K, N] has its zero points along axis 1 (a transformer
+    quantized by onnxruntime): zeros are counted per column, not broadcast along K."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    from sparsify_runner.modelstats import model_stats
+
+    w = np.random.default_rng(0).standard_normal((6, 10)).astype(np.float32)
+    w[:, :5] = 0.0  # half the columns pruned
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 10])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    fp32, int8 = tmp_path / "mm.onnx", tmp_path / "mm-int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"x": np.random.default_rng(1).standard_normal((2, 6)).astype(np.float32)}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(fp32), str(int8), Reader(), per_channel=True, weight_type=QuantType.QInt8)
+    stats = model_stats(int8)
+    assert stats.sparsity == pytest.approx(0.5)
+
+
 def test_measure_latency_alternates_models(tiny_onnx):
     from sparsify_runner.benchmark import measure_latency
 

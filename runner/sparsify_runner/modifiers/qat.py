@@ -72,13 +72,14 @@ def _simulated_forward(
     module: nn.Module, observer: ActivationRange, bits: int, output: ActivationRange | None
 ):
     def forward(x: torch.Tensor) -> torch.Tensor:
-        x = observer(x)
-        weight = fake_quant_weight(module.weight, bits)
+        # simulate in float32 (under CUDA autocast activations arrive as fp16/bf16)
+        x = observer(x.float()).to(x.dtype)
+        weight = fake_quant_weight(module.weight.float(), bits).to(module.weight.dtype)
         if isinstance(module, nn.Linear):
             y = F.linear(x, weight, module.bias)
         else:
             y = module._conv_forward(x, weight, module.bias)
-        return output(y) if output is not None else y
+        return output(y.float()).to(y.dtype) if output is not None else y
 
     return forward
 
