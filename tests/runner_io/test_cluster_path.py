@@ -144,7 +144,8 @@ def test_generated_pod_succeeds_and_status_has_results(s3, s3env, tmp_path, one_
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
             with contextlib.suppress(OSError):  # the PodMonitor's view while the pod runs
-                scraped = parse_metrics(http_get(f"http://127.0.0.1:{port}/metrics", timeout=2))
+                # keep the last full scrape: one that races the server's shutdown may come back empty
+                scraped = parse_metrics(http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)) or scraped
             time.sleep(0.1)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -143,6 +143,9 @@ def test_training_aware_compares_static_int8_with_qat(image_data: Path, cnn_chec
     names = [c["name"] for c in r["candidates"]]
     assert any(n.startswith("ptq: ") for n in names) and any(n.startswith("qat: ") for n in names)
     source = r["settings"]["int8_source"]
+    picked = [c["name"] for c in r["candidates"] if c["chosen"] and not c["name"].endswith("(val split)")]
+    # only the search whose model is used has a chosen candidate
+    assert len(picked) == (source is not None) and all(n.startswith(f"{source}: ") for n in picked)
     if source is not None:  # INT8 was faster here: the chosen one is the more accurate
         vals = {c["name"].split()[1]: c for c in r["candidates"] if c["name"].endswith("(val split)")}
         chosen = vals[source]

@@ -154,13 +154,18 @@ def finalize(
         fp32_record = CandidateRecord(name="fp32 (val split)", chosen=True, accuracy=round(fp32_acc, 5))
         candidates.append(fp32_record)
         best: tuple[float, float, str, Path, str] | None = None
+        picks: dict[str, str] = {}
         for key, source, label in sources:
             result = _static_int8(
                 ctx, source, build / f"model_int8_{key}.onnx", calib, val_samples, fmt, budget, notes
             )
             if result is None:
                 continue
-            candidates.extend(c.model_copy(update={"name": f"{key}: {c.name}"}) for c in result.candidates)
+            # a search's own pick is marked chosen only if its source is the one finally used
+            candidates.extend(
+                c.model_copy(update={"name": f"{key}: {c.name}", "chosen": False}) for c in result.candidates
+            )
+            picks[key] = f"{key}: {result.chosen}"
             if not result.quantized or result.chosen == "fp32":
                 notes.append(f"static INT8 ({label}): no candidate was both faithful and faster")
                 continue
@@ -184,7 +189,9 @@ def finalize(
             int8_method += f", calibrated on {len(calib)} training samples"
             fp32_record.chosen = False
             for c in candidates:
-                if c.name.startswith(f"int8 {int8_source} ") and c.name.endswith("(val split)"):
+                if c.name == picks[int8_source] or (
+                    c.name.startswith(f"int8 {int8_source} ") and c.name.endswith("(val split)")
+                ):
                     c.chosen = True
     shutil.copyfile(chosen, ctx.work_dir / "model.onnx")
     final_onnx = ctx.work_dir / "model.onnx"
