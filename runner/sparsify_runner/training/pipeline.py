@@ -466,7 +466,9 @@ def common_setup(ctx: RunContext, recipe_file: str):
     """Settings, data, train config: all validated up front."""
     settings = load_settings(ctx, recipe_file)
     raw_cfg = parse_train_kwargs(ctx.experiment.train_kwargs)
-    want_qat(settings, True), qat_epochs(settings, raw_cfg)  # recipe errors before any training
+    # recipe errors before any training
+    want_qat(settings, True)
+    qat_epochs(settings, raw_cfg)
     splits, classes, train_count = inspect_data(ctx)
     return settings, raw_cfg, splits, classes, train_count
 
