@@ -34,6 +34,24 @@ def _stock_quantize(model: Path, calibration: list, out: Path) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+def _noise_floor(model: Path, holdout: list, base_out: list) -> dict:
+    """How faithful the FP32 model is to itself when each input pixel moves by at most half an
+    8-bit step (uniform noise of +-0.5/255 in [0, 1] pixel units, ImageNet-normalized): the
+    agreement no 8-bit representation of these inputs can be expected to beat."""
+    import assets
+    import numpy as np
+    from sparsify_runner.evaluate import fidelity, run_onnx
+
+    rng = np.random.default_rng(0)
+    step = (0.5 / 255.0) / np.asarray(assets.IMAGENET_STD, dtype=np.float32).reshape(3, 1, 1)
+    noisy = [
+        {k: v + (rng.uniform(-1.0, 1.0, v.shape) * step).astype(np.float32) for k, v in s.items()}
+        for s in holdout
+    ]
+    fid = fidelity(base_out, run_onnx(model, noisy))
+    return {"top1_agreement": fid.top1_agreement, "cosine": fid.cosine_similarity}
+
+
 def bench_model(
     name: str, model: Path, data: Path, levels: list[float], work: Path, seconds: float, overrides: dict
 ) -> dict:
@@ -75,7 +93,10 @@ def bench_model(
             "baseline_ms": report.baseline.latency.mean_ms,
             "optimized_ms": report.optimized.latency.mean_ms,
             "int8_chosen": chosen,
-            "int8_candidates": len(report.candidates),
+            "int8_candidates": [
+                {"name": c.name, "speedup": c.speedup, "fidelity": c.fidelity, "chosen": c.chosen}
+                for c in report.candidates
+            ],
             "pruned_fidelity": report.settings.get("pruned_fidelity"),
             "one_shot_wall_s": wall,
             "timings_s": report.timings_s,
@@ -110,6 +131,7 @@ def bench_model(
             "top1_agreement": ours_fid.top1_agreement,
             "cosine": ours_fid.cosine_similarity,
         }
+    peer["fp32_input_noise_floor"] = _noise_floor(model, split.holdout, base_out)
     result["peer"] = peer
     print(json.dumps({name: peer}), file=sys.stderr, flush=True)
     return result

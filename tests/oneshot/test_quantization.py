@@ -63,6 +63,7 @@ def test_quantize_int8_falls_back_to_fp32_when_nothing_qualifies(tiny_onnx, tmp_
     assert any("INT8 not applied" in n for n in result.notes)
     assert [c.name for c in result.candidates if c.chosen] == ["fp32"]
     names = [c.name for c in result.candidates]
+    assert any(n.endswith("-gptq") for n in names), names  # GPTQ weights tried before FP32 nodes
     assert any("fp32-top" in n for n in names) or any("depthwise" in n for n in names)
 
 
@@ -97,3 +98,20 @@ def test_flip_allowance_follows_the_binomial_budget():
     assert not within_budget(Fidelity(samples=64, top1_agreement=62 / 64, cosine_similarity=0.99), 0.99)
     assert within_budget(Fidelity(samples=5, cosine_similarity=0.995), 0.99)
     assert not within_budget(Fidelity(samples=5, cosine_similarity=0.98), 0.99)
+
+
+def test_search_starts_no_candidate_that_would_overrun_its_budget(tiny_onnx, tmp_path):
+    from sparsify_runner.modifiers.quantization import quantize_int8
+
+    result = quantize_int8(
+        tiny_onnx,
+        _samples(8),
+        tmp_path / "int8.onnx",
+        holdout=_samples(6, seed=1),
+        min_speedup=1000.0,  # nothing qualifies, so only the budget ends the search
+        bench_seconds=0.05,
+        time_budget_s=0.01,
+    )
+    names = [c.name for c in result.candidates]
+    assert names == ["int8-u8s8", "int8-s8s8", "int8-u8s8-reduce-range", "fp32"]
+    assert any("stopped before its time budget" in n for n in result.notes)

@@ -90,6 +90,7 @@ class HessianAccumulator:
         budget = int(rows_scale * min(max_rows, max(MIN_ROWS, ROWS_PER_COL * spec.cols)))
         self.per_sample = max(1, math.ceil(budget / max(1, n_samples)))
         self.hessian = torch.zeros((spec.groups, spec.cols, spec.cols), dtype=torch.float64)
+        self.column_sum = torch.zeros((spec.groups, spec.cols), dtype=torch.float64)
         self.rows = 0
         self.cross: torch.Tensor | None = None
         self.dense_sq = 0.0  # ||X_dense||^2 and ||X_dense - X||^2 over the kept rows
@@ -149,6 +150,7 @@ class HessianAccumulator:
             return
         xs = torch.cat([c for c, _ in self._pending], dim=2)
         self.hessian += torch.bmm(xs, xs.transpose(1, 2)).to(torch.float64)
+        self.column_sum += xs.sum(dim=2, dtype=torch.float64)
         if self.cross is not None:
             ds = torch.cat([d for _, d in self._pending], dim=2)
             self.cross += torch.bmm(ds, xs.transpose(1, 2)).to(torch.float64)
@@ -166,6 +168,11 @@ class HessianAccumulator:
         """``2/n X_dense X^T`` when dense inputs were given, else None."""
         self._flush()
         return None if self.cross is None else self.cross * (2.0 / max(1, self.rows))
+
+    def mean(self) -> torch.Tensor:
+        """Mean input ``E[x]`` over the kept rows, (groups, cols) float64 (bias correction)."""
+        self._flush()
+        return self.column_sum / max(1, self.rows)
 
     def finalize(self) -> torch.Tensor:
         """The Hessian ``2/n X X^T``, (groups, cols, cols) float64."""

@@ -157,5 +157,12 @@ def initializer_map(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {t.name: t for t in model.graph.initializer}
 
 
+def write_back_initializers(model: onnx.ModelProto, inits: dict[str, onnx.TensorProto]) -> None:
+    """Copy the tensors swapped into ``inits`` back into the model, keeping order and names."""
+    for i, tensor in enumerate(model.graph.initializer):
+        if inits.get(tensor.name) is not tensor:
+            model.graph.initializer[i].CopyFrom(inits[tensor.name])
+
+
 def replace_initializer(inits: dict[str, onnx.TensorProto], name: str, array: np.ndarray) -> None:
     inits[name] = numpy_helper.from_array(array, name)

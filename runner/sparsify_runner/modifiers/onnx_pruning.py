@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,7 @@ from .allocation import AllocationPolicy, LayerProfile, allocate
 from .hessian import DEFAULT_MAX_ROWS, HessianAccumulator, InputSpec
 from .magnitude import magnitude_prune
 from .obs import correct_to_dense, relative_output_error, sparsegpt_prune
-from .onnx_capture import SegmentedRunner, initializer_map, node_inputs
+from .onnx_capture import SegmentedRunner, initializer_map, node_inputs, write_back_initializers
 
 METHODS = ("obs", "magnitude")
 CORRECTION_MIN_DRIFT = 0.25
@@ -314,11 +315,11 @@ def _make_feeds(
     return feeds
 
 
-def _progress(show: bool, total: int):
+def layer_progress(show: bool, total: int, verb: str = "pruning"):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("[bold]pruning[/bold] {task.description}"),
+        TextColumn(f"[bold]{verb}[/bold] {{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -380,7 +381,7 @@ def prune_onnx(
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     timings = {"capture_s": 0.0, "hessian_s": 0.0, "prune_s": 0.0}
-    progress, task = _progress(show_progress, len(todo))
+    progress, task = layer_progress(show_progress, len(todo))
     try:
         with progress:
             if method == "magnitude":
@@ -415,10 +416,7 @@ def prune_onnx(
     finally:
         torch.set_num_threads(prev_threads)
 
-    # write back in place, keeping order and names
-    for i, tensor in enumerate(out.graph.initializer):
-        if inits.get(tensor.name) is not tensor:
-            out.graph.initializer[i].CopyFrom(inits[tensor.name])
+    write_back_initializers(out, inits)
     onnx.checker.check_model(out)
 
     reports: list[LayerReport] = []
@@ -456,28 +454,39 @@ def prune_onnx(
     )
 
 
-def _obs_pass(
+@dataclass
+class LayerStatistics:
+    """A layer's input statistics from one wave's capture: ``H = 2/n X X^T``, the rows kept,
+    the dense cross term and drift (``correct_upstream`` only) and the mean input ``E[x]``."""
+
+    hessian: torch.Tensor
+    rows: int
+    cross: torch.Tensor | None
+    drift: float
+    mean: torch.Tensor
+
+
+def capture_waves(
     model: onnx.ModelProto,
     inits: dict[str, onnx.TensorProto],
     todo: list[PrunableLayer],
-    alloc: dict,
     calibration: list[dict[str, np.ndarray]],
-    extra: dict[str, str],
     timings: dict[str, float],
     progress,
     task,
     *,
     max_rows: int,
-    blocksize: int,
-    percdamp: float,
-    adaptive_damp: bool,
     correct_upstream: bool,
     threads: int,
-) -> None:
-    """Wave by wave: capture inputs (earlier waves already pruned), Hessians, SparseGPT."""
+) -> Iterator[tuple[list[PrunableLayer], dict[tuple[str, InputSpec], LayerStatistics]]]:
+    """Wave by wave, the layers of the wave and their input statistics on the calibration set.
+
+    The caller rewrites the wave's weights in ``inits`` before asking for the next wave, so
+    every later wave sees the inputs the modified model produces (sequential, as in
+    SparseGPT/GPTQ). With ``correct_upstream`` the unmodified model runs alongside for the
+    cross term ``X_dense X^T``. Adds ``capture_s`` and ``hessian_s`` to ``timings``."""
     feeds = _make_feeds(model, calibration, set(inits))
     runner = SegmentedRunner(model, feeds, inits, threads=threads)
-    # the unpruned model, run alongside, gives the dense inputs for the upstream correction
     dense_runner = SegmentedRunner(model, feeds, dict(inits), threads=threads) if correct_upstream else None
     waves = sorted({ly.wave for ly in todo})
     for wave_no, wave in enumerate(waves, 1):
@@ -513,15 +522,53 @@ def _obs_pass(
             dense_runner.capture(sorted(by_tensor), lambda n, a, _d=dense: _d[n].append(a))
         runner.capture(sorted(by_tensor), consume)
         dense.clear()
-        hessians = {
-            key: (acc.finalize(), acc.rows, acc.finalize_cross(), acc.drift()) for key, acc in accs.items()
+        stats = {
+            key: LayerStatistics(acc.finalize(), acc.rows, acc.finalize_cross(), acc.drift(), acc.mean())
+            for key, acc in accs.items()
         }
         timings["capture_s"] += time.perf_counter() - t0 - hess_time[0]
         timings["hessian_s"] += hess_time[0]
+        progress.update(task, description=f"wave {wave_no}/{len(waves)}")
+        yield members, stats
+
+
+def _obs_pass(
+    model: onnx.ModelProto,
+    inits: dict[str, onnx.TensorProto],
+    todo: list[PrunableLayer],
+    alloc: dict,
+    calibration: list[dict[str, np.ndarray]],
+    extra: dict[str, str],
+    timings: dict[str, float],
+    progress,
+    task,
+    *,
+    max_rows: int,
+    blocksize: int,
+    percdamp: float,
+    adaptive_damp: bool,
+    correct_upstream: bool,
+    threads: int,
+) -> None:
+    """Wave by wave: capture inputs (earlier waves already pruned), Hessians, SparseGPT."""
+    waves = capture_waves(
+        model,
+        inits,
+        todo,
+        calibration,
+        timings,
+        progress,
+        task,
+        max_rows=max_rows,
+        correct_upstream=correct_upstream,
+        threads=threads,
+    )
+    for members, stats in waves:
         for ly in members:
-            progress.update(task, description=f"wave {wave_no}/{len(waves)}: {ly.name}")
+            progress.update(task, description=ly.name)
             t1 = time.perf_counter()
-            h, rows, cross, drift = hessians[(ly.data_input, ly.spec)]
+            st = stats[(ly.data_input, ly.spec)]
+            h, rows, cross, drift = st.hessian, st.rows, st.cross, st.drift
             # fewer calibration rows than Hessian columns (a classifier sees one row per
             # sample): H is rank-deficient and OBS would fit the calibration set, not the
             # data; scale the dampening up with cols / rows to stay closer to magnitude.

@@ -46,7 +46,7 @@ def _check_settings(s: dict[str, Any]) -> None:
     hf = s["holdout_fraction"]
     if isinstance(hf, bool) or not isinstance(hf, int | float) or not 0.0 < hf < 1.0:
         raise bad("holdout_fraction", "a number in (0, 1)")
-    for key in ("benchmark_seconds", "int8_candidate_seconds"):
+    for key in ("benchmark_seconds", "int8_candidate_seconds", "int8_search_seconds"):
         if isinstance(s[key], bool) or not isinstance(s[key], int | float) or s[key] <= 0:
             raise bad(key, "a positive number")
 
@@ -211,6 +211,7 @@ def run(ctx: RunContext) -> Report:
                 max_fidelity_loss=float(settings["max_int8_fidelity_loss"]),
                 show_progress=ctx.show_progress,
                 bench_seconds=float(settings["int8_candidate_seconds"]),
+                time_budget_s=float(settings["int8_search_seconds"]),
             )
             candidates = q.candidates
             notes.extend(q.notes)
