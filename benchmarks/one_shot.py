@@ -52,6 +52,14 @@ def _noise_floor(model: Path, holdout: list, base_out: list) -> dict:
     return {"top1_agreement": fid.top1_agreement, "cosine": fid.cosine_similarity}
 
 
+def _most_faithful_at(candidates: list[dict], speedup: float) -> dict | None:
+    """The most faithful INT8 candidate of our level-0.2 search that ran at least as fast as
+    the stock quantizer (each candidate's speedup was timed next to FP32 during the search):
+    the comparison "fidelity at equal or better speed", whether or not the budget let it ship."""
+    fast = [c for c in candidates if c["name"] != "fp32" and (c["speedup"] or 0.0) >= speedup]
+    return max(fast, key=lambda c: (c["fidelity"], c["cosine"] or 0.0), default=None)
+
+
 def bench_model(
     name: str, model: Path, data: Path, levels: list[float], work: Path, seconds: float, overrides: dict
 ) -> dict:
@@ -94,7 +102,13 @@ def bench_model(
             "optimized_ms": report.optimized.latency.mean_ms,
             "int8_chosen": chosen,
             "int8_candidates": [
-                {"name": c.name, "speedup": c.speedup, "fidelity": c.fidelity, "chosen": c.chosen}
+                {
+                    "name": c.name,
+                    "speedup": c.speedup,
+                    "fidelity": c.fidelity,
+                    "cosine": c.cosine,
+                    "chosen": c.chosen,
+                }
                 for c in report.candidates
             ],
             "pruned_fidelity": report.settings.get("pruned_fidelity"),
@@ -131,6 +145,9 @@ def bench_model(
             "top1_agreement": ours_fid.top1_agreement,
             "cosine": ours_fid.cosine_similarity,
         }
+    peer["ours_most_faithful_at_stock_speed"] = _most_faithful_at(
+        result["levels"].get("0.2", {}).get("int8_candidates", []), peer["stock_quantize_static"]["speedup"]
+    )
     peer["fp32_input_noise_floor"] = _noise_floor(model, split.holdout, base_out)
     result["peer"] = peer
     print(json.dumps({name: peer}), file=sys.stderr, flush=True)

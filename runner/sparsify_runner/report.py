@@ -77,6 +77,9 @@ class CandidateRecord(BaseModel):
     latency_ms: float | None = None
     speedup: float | None = None
     fidelity: float | None = None
+    """Top-1 agreement with the reference (classifiers), else cosine similarity."""
+    cosine: float | None = None
+    """Mean cosine similarity of the outputs to the reference's."""
     accuracy: float | None = None
     note: str | None = None
 

@@ -75,6 +75,18 @@ def test_level_02_int8_only(tiny_onnx, samples, tmp_path, capsys):
 
         assert within_budget(Fidelity(**rep["fidelity"]), 0.99)
     assert "INT8" in stdout
+    # the tiny CNN's Conv -> Relu -> depthwise Conv chain is equalized before any candidate
+    assert any("equalized the channel ranges of 1 conv -> depthwise" in n for n in rep["notes"])
+
+
+def test_int8_equalization_can_be_switched_off(tiny_onnx, samples, tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = json.dumps({**json.loads(FAST), "int8_equalization": False})
+    code, _, stderr = _run(tiny_onnx, samples, out, 0.2, capsys, "--recipe-args", recipe)
+    assert code == 0, stderr
+    rep = _report(out)
+    assert rep["settings"]["recipe"]["int8_equalization"] is False
+    assert not any("equalized" in n for n in rep["notes"])
 
 
 def test_level_05_prunes_and_reports_layers(tiny_onnx, samples, tmp_path, capsys):
@@ -157,6 +169,10 @@ def _bad_cases(
         "optim level": (args(tiny_onnx, samples, level="1.5"), "optim_level"),
         "experiment type": (args(tiny_onnx, samples, kind="two-shot"), "unknown experiment type"),
         "recipe key": (args(tiny_onnx, samples) + ["--recipe-args", '{"bogus": 1}'], "'bogus'"),
+        "recipe value": (
+            args(tiny_onnx, samples) + ["--recipe-args", '{"int8_equalization": "yes"}'],
+            "'int8_equalization' must be true or false",
+        ),
     }
 
 

@@ -166,3 +166,14 @@ def write_back_initializers(model: onnx.ModelProto, inits: dict[str, onnx.Tensor
 
 def replace_initializer(inits: dict[str, onnx.TensorProto], name: str, array: np.ndarray) -> None:
     inits[name] = numpy_helper.from_array(array, name)
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also returns the (float) tensors ``names`` as graph outputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return m

@@ -6,7 +6,9 @@ settings keep accuracy depends on the CPU (AVX2 without VNNI saturates the u8s8 
 VNNI does not). So :func:`quantize_int8` measures on the target runtime, with the
 calibration ranges computed once and cached:
 
-1. pre-process (``quant_pre_process``: ORT graph optimizations + shape inference);
+1. pre-process (``quant_pre_process``: ORT graph optimizations + shape inference), then
+   equalize the channel ranges of every depthwise convolution's input (``onnx_equalize``:
+   exact in FP32, so per-tensor INT8 activations no longer starve the small channels);
 2. quantize every supported node with a few settings (per-channel weights; u8 or s8
    activations; ``reduce_range`` 7-bit weights, the documented fix for saturation) and
    measure each candidate's fidelity on held-out samples and its latency next to the FP32
@@ -40,6 +42,7 @@ import onnx
 
 from ..evaluate import fidelity, fidelity_score, make_session, run_session
 from ..report import CandidateRecord, Fidelity
+from .onnx_capture import with_outputs
 
 log = logging.getLogger("sparsify.quantization")
 
@@ -122,9 +125,15 @@ def _batch_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _prepare(fp32_path: Path, work: Path, notes: list[str]) -> Path:
-    """quant_pre_process + unique node names (nodes_to_exclude works by name)."""
+def _prepare(
+    fp32_path: Path, work: Path, notes: list[str], calibration: list[Sample] | None = None
+) -> tuple[Path, int]:
+    """quant_pre_process + unique node names (nodes_to_exclude works by name) and, given
+    ``calibration`` samples, activation-range equalization of the Conv -> depthwise Conv chains
+    (``onnx_equalize``). Returns the model to quantize and the number of chains equalized."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .onnx_equalize import equalize_activations
 
     pre = work / "preprocessed.onnx"
     try:
@@ -138,8 +147,17 @@ def _prepare(fp32_path: Path, work: Path, notes: list[str]) -> Path:
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
+    chains = 0
+    if calibration:
+        result = equalize_activations(model, _Reader(calibration, _batch_of(model))._feeds())
+        model, chains = result.model, result.chains
+        if chains:
+            notes.append(
+                f"INT8: equalized the channel ranges of {chains} conv -> depthwise conv input(s) "
+                f"(largest channel scale {result.max_scale:g}; exact in FP32)"
+            )
     onnx.save(model, str(pre))
-    return pre
+    return pre, chains
 
 
 def _weight_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -156,16 +174,6 @@ def _structural_exclusions(model: onnx.ModelProto) -> list[str]:
     if convs and convs[0].name not in out:
         out.insert(0, convs[0].name)
     return out
-
-
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in existing:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return m
 
 
 def node_sensitivity(
@@ -191,8 +199,8 @@ def node_sensitivity(
         return []
     with tempfile.TemporaryDirectory(prefix="sparsify-sens-") as tmp:
         fa, qa = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
-        onnx.save(_with_outputs(fmodel, tensors), str(fa))
-        onnx.save(_with_outputs(qmodel, tensors), str(qa))
+        onnx.save(with_outputs(fmodel, tensors), str(fa))
+        onnx.save(with_outputs(qmodel, tensors), str(qa))
         fs, qs = make_session(fa), make_session(qa)
         err: dict[str, list[float]] = {t: [] for t in tensors}
         reader = _Reader(samples, batch)
@@ -235,6 +243,7 @@ class _Search:
         quant_format: str,
         bench_seconds: float,
         bar,
+        equalized_chains: int = 0,
     ) -> None:
         from onnxruntime.quantization import QuantFormat
 
@@ -251,6 +260,8 @@ class _Search:
         """The slowest candidate so far (quantize + evaluate + time): the next one's estimate."""
         self.calibrated_build_s = 0.0
         """The first candidate, MinMax calibration included: the unit for the costlier steps."""
+        self.equalized_chains = equalized_chains
+        """Conv -> depthwise Conv chains whose channel ranges ``pre`` has equalized."""
         self.gptq_models: dict[int, Path] = {}
         self.gptq_notes: list[str] = []
 
@@ -329,6 +340,7 @@ class _Search:
                 "per_channel": True,
                 "reduce_range": reduce_range,
                 "calibration": method,
+                "equalized_chains": self.equalized_chains,
                 "fp32_nodes": len(exclude),
             },
             exclude=exclude,
@@ -401,13 +413,15 @@ def quantize_int8(
     time_budget_s: float = 420.0,
     sensitivity_samples: int = 8,
     min_speedup: float = 1.0,
+    equalize: bool = True,
 ) -> QuantizationResult:
     """Static INT8 chosen by measurement (see the module docstring).
 
     Fidelity is measured against ``fp32_path`` on ``holdout`` (the calibration samples when
     none are given, which is optimistic and noted). ``max_fidelity_loss`` bounds the loss of
     top-1 agreement (classifiers) or cosine similarity (other outputs); ``min_speedup`` is the
-    speed a candidate needs relative to FP32 (1.0: never slower)."""
+    speed a candidate needs relative to FP32 (1.0: never slower); ``equalize`` rescales the
+    inputs of depthwise convolutions to equal channel ranges first (exact in FP32)."""
     from ..progress import bar
 
     if not calibration:
@@ -422,9 +436,9 @@ def quantize_int8(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".quant-", dir=out_path.parent))
     try:
-        pre = _prepare(fp32_path, work, notes)
+        pre, chains = _prepare(fp32_path, work, notes, calibration if equalize else None)
         with bar("quantize: measure INT8 candidates", None, enabled=show_progress) as b:
-            s = _Search(fp32_path, pre, calibration, holdout, work, quant_format, bench_seconds, b)
+            s = _Search(fp32_path, pre, calibration, holdout, work, quant_format, bench_seconds, b, chains)
             chosen = _search(s, min_score, min_speedup, started, time_budget_s, sensitivity_samples, notes)
         return _finish(s, chosen, fp32_path, out_path, min_score, notes)
     finally:
@@ -585,21 +599,22 @@ def _finish(
             latency_ms=round(c.latency_ms, 4),
             speedup=c.speedup,
             fidelity=round(c.score, 6),
+            cosine=round(c.fidelity.cosine_similarity, 6),
             note="; ".join(
-                x
-                for x in (
-                    c.note,
-                    f"{len(c.exclude)} node(s) in FP32" if c.exclude else None,
-                    f"cosine {c.fidelity.cosine_similarity:.4f}",
-                )
-                if x
-            ),
+                x for x in (c.note, f"{len(c.exclude)} node(s) in FP32" if c.exclude else None) if x
+            )
+            or None,
         )
         for c in s.done
     ]
     records.append(
         CandidateRecord(
-            name="fp32", chosen=chosen is None, speedup=1.0, fidelity=1.0, note="the input model, unquantized"
+            name="fp32",
+            chosen=chosen is None,
+            speedup=1.0,
+            fidelity=1.0,
+            cosine=1.0,
+            note="the input model, unquantized",
         )
     )
     if chosen is None:

@@ -35,6 +35,8 @@ def _check_settings(s: dict[str, Any]) -> None:
         raise bad("pruning_method", "null, obs or magnitude")
     if s["quantize"] not in ("auto", True, False):
         raise bad("quantize", "auto, true or false")
+    if not isinstance(s["int8_equalization"], bool):
+        raise bad("int8_equalization", "true or false")
     if s["quant_format"] not in (None, "auto", "qdq", "qoperator"):
         raise bad("quant_format", "null, auto, qdq or qoperator")
     loss = s["max_int8_fidelity_loss"]
@@ -212,6 +214,7 @@ def run(ctx: RunContext) -> Report:
                 show_progress=ctx.show_progress,
                 bench_seconds=float(settings["int8_candidate_seconds"]),
                 time_budget_s=float(settings["int8_search_seconds"]),
+                equalize=settings["int8_equalization"],
             )
             candidates = q.candidates
             notes.extend(q.notes)
