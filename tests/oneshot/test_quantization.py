@@ -115,3 +115,64 @@ def test_search_starts_no_candidate_that_would_overrun_its_budget(tiny_onnx, tmp
     names = [c.name for c in result.candidates]
     assert names == ["int8-u8s8", "int8-s8s8", "int8-u8s8-reduce-range", "fp32"]
     assert any("stopped before its time budget" in n for n in result.notes)
+
+
+class _ScriptedSearch:
+    """Stands in for ``_Search``'s measurements: each candidate name has a given speedup and
+    top-1 agreement on 64 held-out samples, so ``_search``'s policy runs on known numbers."""
+
+    def __init__(self, measured: dict[str, tuple[float, float]]) -> None:
+        self.measured, self.done = measured, []
+        self.calibrated_build_s = self.longest_build_s = 0.0
+        self.gptq_notes: list[str] = []
+
+    def build(self, name: str, **settings):
+        from sparsify_runner.modifiers.quantization import _Candidate
+        from sparsify_runner.report import Fidelity
+
+        speedup, agreement = self.measured[name]
+        fid = Fidelity(samples=64, top1_agreement=agreement, cosine_similarity=agreement)
+        c = _Candidate(
+            name=name,
+            path=None,
+            settings={"activations": settings.get("activation", "u8"), "reduce_range": False, **settings},
+            exclude=[],
+            fidelity=fid,
+            score=agreement,
+            speedup=speedup,
+            latency_ms=1.0 / speedup,
+        )
+        self.done.append(c)
+        return c
+
+
+def test_a_slow_passing_setting_does_not_end_the_search():
+    """s8 activations pass the budget at 1.15x while u8 runs 2.3x just outside it: the search
+    goes on refining the fast setting, and ships the refined fast candidate that passes."""
+    import time
+
+    from sparsify_runner.modifiers.quantization import _search
+
+    s = _ScriptedSearch(
+        {
+            "int8-u8s8": (2.30, 0.6875),
+            "int8-s8s8": (1.15, 0.75),
+            "int8-u8s8-reduce-range": (2.35, 0.5625),
+            "int8-u8s8-gptq": (2.25, 0.78125),
+        }
+    )
+    chosen = _search(s, 0.75, 1.0, time.perf_counter(), 300.0, 8, [])
+    assert [c.name for c in s.done][-1] == "int8-u8s8-gptq"
+    assert chosen is not None and chosen.name == "int8-u8s8-gptq"
+
+
+def test_a_fast_passing_setting_ends_the_search():
+    import time
+
+    from sparsify_runner.modifiers.quantization import _search
+
+    s = _ScriptedSearch(
+        {"int8-u8s8": (2.30, 1.0), "int8-s8s8": (1.15, 1.0), "int8-u8s8-reduce-range": (2.0, 1.0)}
+    )
+    chosen = _search(s, 0.99, 1.0, time.perf_counter(), 300.0, 8, [])
+    assert len(s.done) == 3 and chosen.name == "int8-u8s8"

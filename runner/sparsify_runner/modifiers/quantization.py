@@ -478,7 +478,14 @@ def _search(
     best = max(fast, key=lambda c: (c.score, c.fidelity.cosine_similarity, c.speedup))
     act, rr = best.settings["activations"], best.settings["reduce_range"]
     tag = best.name.removeprefix("int8-")
-    if any(_ok(c, min_score, min_speedup) for c in settings):
+
+    def fast_one_passes() -> bool:
+        """A candidate within budget at the fast settings' speed: refining further could only
+        trade speed for fidelity. A slow one that passes (s8 activations at 1.1x while u8 runs
+        2.3x) does not end the search: a refined fast candidate may pass too."""
+        return any(_ok(c, min_score, min_speedup) and c.speedup >= 0.75 * fastest for c in s.done)
+
+    if fast_one_passes():
         return _pick(s, min_score, min_speedup)
 
     # 1b. the same settings with GPTQ-rounded, bias-corrected weights
@@ -567,7 +574,7 @@ def _search(
             note="depthwise convs and the first conv in FP32",
         )
     # histogram calibration: measured ~6.5x a MinMax-calibrating candidate on ResNet-50
-    if not any(_ok(c, min_score, min_speedup) for c in s.done) and not over_time(7 * s.calibrated_build_s):
+    if not fast_one_passes() and not over_time(7 * s.calibrated_build_s):
         s.build(
             f"int8-{tag}-percentile",
             activation=act,
