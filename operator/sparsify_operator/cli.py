@@ -28,7 +28,7 @@ def _register() -> None:
     # Each module adds its commands to `app`; imports stay light (no torch, no kubernetes).
     from . import cli_local  # noqa: F401  run, benchmark, compare
 
-    for optional in ("cli_cluster", "cli_catalog"):
+    for optional in ("cli_cluster", "cli_catalog", "cli_sweep", "cli_predict", "cli_serve", "cli_dashboard"):
         try:
             __import__(f"{__package__}.{optional}")
         except ModuleNotFoundError as err:
