@@ -67,6 +67,25 @@ def test_quantize_int8_falls_back_to_fp32_when_nothing_qualifies(tiny_onnx, tmp_
     assert any("fp32-top" in n for n in names) or any("depthwise" in n for n in names)
 
 
+@pytest.mark.parametrize("reduce_range", [True, False])
+def test_quantize_int8_can_be_held_to_one_weight_grid(tiny_onnx, tmp_path, reduce_range):
+    """A model tuned by QAT for one weight grid is built on that grid only."""
+    from sparsify_runner.modifiers.quantization import quantize_int8
+
+    result = quantize_int8(
+        tiny_onnx,
+        _samples(8),
+        tmp_path / "int8.onnx",
+        holdout=_samples(6, seed=1),
+        max_fidelity_loss=1.0,
+        min_speedup=0.0,
+        bench_seconds=0.05,
+        reduce_range=reduce_range,
+    )
+    int8 = [c.name for c in result.candidates if c.name != "fp32"]
+    assert int8 and all(("reduce-range" in n) == reduce_range for n in int8), int8
+
+
 def test_node_sensitivity_ranks_quantized_nodes(tiny_onnx, tmp_path):
     from onnxruntime.quantization import QuantType, quantize_static
     from sparsify_runner.modifiers.quantization import _Reader, node_sensitivity

@@ -9,6 +9,10 @@ exponential moving average of the batch min/max while training and frozen in eva
 ``torch.fake_quantize_*`` pass gradients straight through inside the range (the STE of
 Jacob et al. 2018 / Krishnamoorthi 2018).
 
+On CPUs whose u8s8 kernels saturate (x86 without VNNI, see ``cpu_features``) the INT8 model
+is built with ``reduce_range`` (weights in [-64, 64]); the simulation then uses that grid too,
+so the network is tuned for the integers onnxruntime will really compute there.
+
 Per-channel symmetric weight quantization commutes with the per-channel scale that folding
 a BatchNorm into its conv applies, so simulating it on the unfolded weights is exact for the
 folded model onnxruntime runs.
@@ -29,9 +33,13 @@ from torch import nn
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def fake_quant_weight(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Per-output-channel symmetric signed fake quantization (zero maps to zero)."""
-    qmax = 2 ** (bits - 1) - 1
+def weight_qmax(bits: int = 8, reduce_range: bool = False) -> int:
+    """Largest weight integer: 127 for 8 bits, 64 with onnxruntime's ``reduce_range``."""
+    return 64 if reduce_range and bits == 8 else 2 ** (bits - 1) - 1
+
+
+def fake_quant_weight(weight: torch.Tensor, qmax: int = 127) -> torch.Tensor:
+    """Per-output-channel symmetric signed fake quantization to [-qmax, qmax] (zero maps to zero)."""
     flat = weight.detach().reshape(weight.shape[0], -1)
     scale = (flat.abs().amax(dim=1) / qmax).clamp_min(1e-12).float()
     zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
@@ -69,12 +77,12 @@ class ActivationRange(nn.Module):
 
 
 def _simulated_forward(
-    module: nn.Module, observer: ActivationRange, bits: int, output: ActivationRange | None
+    module: nn.Module, observer: ActivationRange, qmax: int, output: ActivationRange | None
 ):
     def forward(x: torch.Tensor) -> torch.Tensor:
         # simulate in float32 (under CUDA autocast activations arrive as fp16/bf16)
         x = observer(x.float()).to(x.dtype)
-        weight = fake_quant_weight(module.weight.float(), bits).to(module.weight.dtype)
+        weight = fake_quant_weight(module.weight.float(), qmax).to(module.weight.dtype)
         if isinstance(module, nn.Linear):
             y = F.linear(x, weight, module.bias)
         else:
@@ -87,8 +95,10 @@ def _simulated_forward(
 class FakeQuantModifier:
     """Training modifier: INT8 simulation on every Conv/Linear of the trained model."""
 
-    def __init__(self, *, weight_bits: int = 8, momentum: float = 0.1) -> None:
+    def __init__(self, *, weight_bits: int = 8, reduce_range: bool = False, momentum: float = 0.1) -> None:
         self.weight_bits = weight_bits
+        self.reduce_range = reduce_range
+        """Simulate onnxruntime's ``reduce_range`` weights (chosen where u8s8 saturates)."""
         self.momentum = momentum
         self.observers: dict[str, ActivationRange] = {}
         self._pending: dict[str, Any] | None = None
@@ -110,7 +120,8 @@ class FakeQuantModifier:
                 output = self._observer(f"{name}:output", device, module.training) if name == head else None
                 # the observers follow the model's train/eval mode through this hook
                 handle = module.register_forward_pre_hook(_sync_mode(observer, output))
-                module.forward = _simulated_forward(module, observer, self.weight_bits, output)
+                qmax = weight_qmax(self.weight_bits, self.reduce_range)
+                module.forward = _simulated_forward(module, observer, qmax, output)
                 module._sparsify_fake_quant = True
                 self._installed.append((module, handle))
         if self._pending:

@@ -414,6 +414,7 @@ def quantize_int8(
     sensitivity_samples: int = 8,
     min_speedup: float = 1.0,
     equalize: bool = True,
+    reduce_range: bool | None = None,
 ) -> QuantizationResult:
     """Static INT8 chosen by measurement (see the module docstring).
 
@@ -421,7 +422,9 @@ def quantize_int8(
     none are given, which is optimistic and noted). ``max_fidelity_loss`` bounds the loss of
     top-1 agreement (classifiers) or cosine similarity (other outputs); ``min_speedup`` is the
     speed a candidate needs relative to FP32 (1.0: never slower); ``equalize`` rescales the
-    inputs of depthwise convolutions to equal channel ranges first (exact in FP32)."""
+    inputs of depthwise convolutions to equal channel ranges first (exact in FP32);
+    ``reduce_range`` True/False restricts the search to 7-bit / full 8-bit weights (None
+    measures both: a model tuned for one grid by QAT is built on that grid)."""
     from ..progress import bar
 
     if not calibration:
@@ -439,7 +442,9 @@ def quantize_int8(
         pre, chains = _prepare(fp32_path, work, notes, calibration if equalize else None)
         with bar("quantize: measure INT8 candidates", None, enabled=show_progress) as b:
             s = _Search(fp32_path, pre, calibration, holdout, work, quant_format, bench_seconds, b, chains)
-            chosen = _search(s, min_score, min_speedup, started, time_budget_s, sensitivity_samples, notes)
+            chosen = _search(
+                s, min_score, min_speedup, started, time_budget_s, sensitivity_samples, notes, reduce_range
+            )
         return _finish(s, chosen, fp32_path, out_path, min_score, notes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -453,6 +458,7 @@ def _search(
     budget: float,
     sens_samples: int,
     notes: list[str],
+    reduce_range: bool | None = None,
 ) -> _Candidate | None:
     def over_time(expected_s: float | None = None) -> bool:
         """Would a step expected to take ``expected_s`` (default: the slowest candidate so far)
@@ -461,15 +467,18 @@ def _search(
         return time.perf_counter() - started + expected > budget
 
     # 1. settings, everything quantized
-    settings = [s.build("int8-u8s8", activation="u8"), s.build("int8-s8s8", activation="s8")]
-    settings.append(
-        s.build(
-            "int8-u8s8-reduce-range",
-            activation="u8",
-            reduce_range=True,
-            note="7-bit weights: avoids u8s8 saturation on CPUs without VNNI",
+    settings = []
+    if reduce_range is not True:
+        settings += [s.build("int8-u8s8", activation="u8"), s.build("int8-s8s8", activation="s8")]
+    if reduce_range is not False:
+        settings.append(
+            s.build(
+                "int8-u8s8-reduce-range",
+                activation="u8",
+                reduce_range=True,
+                note="7-bit weights: avoids u8s8 saturation on CPUs without VNNI",
+            )
         )
-    )
     # The rest of the search refines one setting: the most faithful of the fast ones. A setting
     # that runs barely faster than FP32 (s8 activations on some CPUs) is a poor base however
     # faithful, since the pick is the fastest candidate within budget.

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..context import RunContext
+from ..cpu_features import int8_saturates
 from ..errors import InputError
 from ..report import CandidateRecord, LayerReport, ModelStats, Report
 from ..spec import ExperimentType
@@ -145,19 +146,27 @@ def finalize(
         ctx.telemetry.stage("quantize")
         calib, _ = task.numpy_samples(task.train, limit=cfg.calibration_samples)
         fmt = exp.deploy.quant_format if exp.deploy.quant_format != "auto" else "qdq"
-        sources = [("ptq", fp32_onnx, "static PTQ of the fine-tuned model")]
+        sources = [("ptq", fp32_onnx, "static PTQ of the fine-tuned model", None)]
         if qat_model is not None:
             qat_onnx = export_onnx(task, qat_model, build / "model_qat_fp32.onnx")
-            sources.append(("qat", qat_onnx, "after quantization-aware fine-tuning"))
+            # QAT tuned the weights for the grid onnxruntime computes on this CPU (run_qat_phase)
+            qat_grid = True if int8_saturates(exp.deploy.device) else None
+            if qat_grid:
+                notes.append(
+                    "QAT simulated reduce_range (7-bit) weights and its INT8 model uses them: "
+                    "onnxruntime's u8s8 kernels saturate with 8-bit weights on this CPU (no VNNI)"
+                )
+            sources.append(("qat", qat_onnx, "after quantization-aware fine-tuning", qat_grid))
         budget = float(settings.get("int8_search_seconds", 120)) / len(sources)
         limit = float(settings.get("max_int8_accuracy_drop", 0.01))
         fp32_record = CandidateRecord(name="fp32 (val split)", chosen=True, accuracy=round(fp32_acc, 5))
         candidates.append(fp32_record)
         best: tuple[float, float, str, Path, str] | None = None
         picks: dict[str, str] = {}
-        for key, source, label in sources:
+        for key, source, label, reduce_range in sources:
+            out = build / f"model_int8_{key}.onnx"
             result = _static_int8(
-                ctx, source, build / f"model_int8_{key}.onnx", calib, val_samples, fmt, budget, notes
+                ctx, source, out, calib, val_samples, fmt, budget, notes, reduce_range=reduce_range
             )
             if result is None:
                 continue
@@ -232,6 +241,8 @@ def _static_int8(
     fmt: str,
     budget_s: float,
     notes: list[str],
+    *,
+    reduce_range: bool | None = None,
 ):
     """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it."""
     from ..modifiers.quantization import quantize_int8
@@ -245,6 +256,7 @@ def _static_int8(
             quant_format=fmt,
             show_progress=ctx.show_progress,
             time_budget_s=budget_s,
+            reduce_range=reduce_range,
         )
     except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
         log.warning("INT8 quantization failed: %s", err)
@@ -422,7 +434,10 @@ def run_qat_phase(
 
     epochs = qat_epochs(settings, cfg)
     qat_model = copy_model(model)
-    fake_quant = FakeQuantModifier(weight_bits=int(settings.get("qat_weight_bits", 8)))
+    fake_quant = FakeQuantModifier(
+        weight_bits=int(settings.get("qat_weight_bits", 8)),
+        reduce_range=int8_saturates(ctx.experiment.deploy.device),
+    )
     modifiers: list = [fake_quant]
     if keep_zeros:
         modifiers.append(FixedMasks(MaskSet.from_zeros(qat_model)))
