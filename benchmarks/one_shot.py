@@ -6,6 +6,10 @@ the one-shot runs benchmark baseline vs optimized alternately, and the stock pee
 in one alternating session with the baseline and our level-0.2 model.
 
     python benchmarks/one_shot.py [--models mobilenet_v2 resnet50] [--levels 0 0.2 0.5 0.8]
+        [--structures unstructured channels]
+
+Levels of the ``channels`` structure are keyed ``channels:LEVEL`` (levels below 0.3 are
+INT8 only whatever the structure, so they run once, under ``unstructured``).
 """
 
 from __future__ import annotations
@@ -61,7 +65,14 @@ def _most_faithful_at(candidates: list[dict], speedup: float) -> dict | None:
 
 
 def bench_model(
-    name: str, model: Path, data: Path, levels: list[float], work: Path, seconds: float, overrides: dict
+    name: str,
+    model: Path,
+    data: Path,
+    levels: list[float],
+    work: Path,
+    seconds: float,
+    overrides: dict,
+    structures: tuple[str, ...] = ("unstructured",),
 ) -> dict:
     from sparsify_runner.benchmark import measure_latency
     from sparsify_runner.data.npz import load_npz_folder, split_samples
@@ -71,8 +82,15 @@ def bench_model(
     from sparsify_runner.spec import parse_experiment
 
     result: dict = {"model": name, "levels": {}}
-    for level in levels:
-        out = work / f"{name}-{level}"
+    points = [
+        (structure, level)
+        for structure in structures
+        for level in levels
+        if structure == "unstructured" or level >= 0.3
+    ]
+    for structure, level in points:
+        key = str(level) if structure == "unstructured" else f"{structure}:{level}"
+        out = work / f"{name}-{key.replace(':', '-')}"
         exp = parse_experiment(
             {
                 "type": "one-shot",
@@ -81,6 +99,7 @@ def bench_model(
                 "data": str(data),
                 "optimLevel": level,
                 "output": str(out),
+                "structure": structure,
                 "recipeArgs": {"benchmark_seconds": seconds, **overrides},
             }
         )
@@ -112,11 +131,15 @@ def bench_model(
                 for c in report.candidates
             ],
             "pruned_fidelity": report.settings.get("pruned_fidelity"),
+            "baseline_macs": report.baseline.flops,
+            "optimized_macs": report.optimized.flops,
+            "achieved_macs_fraction": report.settings.get("achieved_macs_fraction"),
+            "speedup_source": report.speedup_source,
             "one_shot_wall_s": wall,
             "timings_s": report.timings_s,
         }
-        result["levels"][str(level)] = entry
-        print(json.dumps({name: {str(level): entry}}), file=sys.stderr, flush=True)
+        result["levels"][key] = entry
+        print(json.dumps({name: {key: entry}}), file=sys.stderr, flush=True)
 
     # the stock peer, same calibration / held-out split as the one-shot runs
     model_proto, inputs = load_static_model(model)
@@ -163,6 +186,9 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="benchmark seconds per model")
     parser.add_argument("--recipe-args", default="{}", help="JSON recipe overrides for every one-shot run")
+    parser.add_argument(
+        "--structures", nargs="+", default=["unstructured"], choices=["unstructured", "channels"]
+    )
     args = parser.parse_args()
 
     import os
@@ -185,7 +211,11 @@ def main() -> None:
         for name in args.models:
             model = builders[name](work / f"{name}.onnx")
             overrides = json.loads(args.recipe_args)
-            out["results"].append(bench_model(name, model, data, args.levels, work, args.seconds, overrides))
+            out["results"].append(
+                bench_model(
+                    name, model, data, args.levels, work, args.seconds, overrides, tuple(args.structures)
+                )
+            )
     print(json.dumps(out, indent=2))
 
 

@@ -145,8 +145,12 @@ def _dump(doc: Any, fmt: str) -> str:
 @app.command("generate")
 @with_experiment_options
 def generate_command(
-    experiment_type: str = typer.Argument(..., help="one-shot, sparse-transfer or training-aware"),
-    gpus: int = typer.Option(1, "--gpus", help="GPUs (nvidia.com/gpu) for the runner Job; 0 = CPU."),
+    experiment_type: str = typer.Argument(
+        ..., help="one-shot, sparse-transfer or training-aware; serve: a KServe InferenceService"
+    ),
+    gpus: int | None = typer.Option(
+        None, "--gpus", help="GPUs (nvidia.com/gpu); 0 = CPU (default 1; serve: 1 for a cuda deploy target)."
+    ),
     queue: str | None = typer.Option(None, "--queue", help="Kueue LocalQueue name."),
     image: str | None = typer.Option(None, "--image", help="Runner image (default: the operator's)."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace of the experiment."),
@@ -162,12 +166,28 @@ def generate_command(
     deadline: int | None = typer.Option(None, "--deadline", help="activeDeadlineSeconds for the Job."),
     suspend: bool = typer.Option(False, "--suspend", help="Create the experiment suspended."),
     fmt: str = typer.Option("yaml", "--format", help="yaml or json."),
+    sweep: bool = typer.Option(False, "--sweep", help="A SparsifySweep: one child per --optim-levels point."),
+    optim_levels: str | None = typer.Option(None, "--optim-levels", help="--sweep: levels, e.g. 0.2,0.8."),
+    structures: str | None = typer.Option(None, "--structures", help="--sweep: unstructured,channels."),
+    parallelism: int = typer.Option(2, "--parallelism", "--parallel", help="--sweep: children at once."),
+    objective: str = typer.Option("speedup", "--objective", help="--sweep: best by speedup or compression."),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="--sweep: accuracy budget."),
+    min_fidelity: float | None = typer.Option(None, "--min-fidelity", help="--sweep: fidelity floor."),
+    source: str | None = typer.Option(None, "--from", help="serve: NAMESPACE/EXPERIMENT or s3://bucket/run."),
+    service_account: str | None = typer.Option(
+        None, "--service-account", help="serve: the ServiceAccount that carries the S3 Secret."
+    ),
+    runtime: str | None = typer.Option(
+        None, "--runtime", help="serve: ServingRuntime (default: KServe picks; e.g. kserve-tritonserver)."
+    ),
+    context: str | None = typer.Option(None, "--context", help="serve --from NS/NAME: kube context."),
     flags: dict[str, Any] | None = None,
 ) -> None:
-    """Print a SparsifyExperiment manifest (pipe it to `kubectl apply -f -`)."""
+    """Print a SparsifyExperiment manifest, or with `serve` a KServe InferenceService for a finished
+    run (pipe it to `kubectl apply -f -`)."""
     if fmt not in ("yaml", "json"):
         _fail(f"--format must be yaml or json, got '{fmt}'")
-    if gpus < 0 or gpus > 16:
+    if gpus is not None and (gpus < 0 or gpus > 16):
         _fail(f"--gpus must be between 0 and 16, got {gpus}")
     selector: dict[str, str] = {}
     for item in node_selector or []:
@@ -175,11 +195,36 @@ def generate_command(
             _fail(f"--node-selector '{item}' must look like key=value")
         key, value = item.split("=", 1)
         selector[key] = value
+    serve_opts = {"--from": source, "--service-account": service_account, "--runtime": runtime}
+    serve_opts["--context"] = context
+    if experiment_type == "serve":
+        job_flags = {"--queue": queue, "--image": image, "--priority-class": priority_class,
+                     "--backoff-limit": backoff_limit, "--deadline": deadline, "--suspend": suspend or None}
+        flags = {**(flags or {}), **{f: v for f, v in job_flags.items() if v is not None}}
+        resources = {"cpu": cpu, "memory": memory, "memory_limit": memory_limit}
+        _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region, resources,
+                        selector, fmt)
+        return
+    for flag, value in serve_opts.items():
+        if value is not None:
+            _fail(f"{flag} applies only to `generate serve`")
+    sweep_fields = None
+    if sweep:
+        from .cli_sweep import sweep_request
+
+        try:
+            flags, sweep_fields = sweep_request(
+                flags or {}, optim_levels, structures, parallelism, objective, max_accuracy_drop, min_fidelity
+            )
+        except InputError as err:
+            _fail(str(err))
+    elif optim_levels is not None or structures is not None:
+        _fail("--optim-levels/--structures apply only with --sweep (generate --sweep --optim-levels ...)")
     try:
         manifest = build_manifest(
             experiment_type,
             flags or {},
-            gpus=gpus,
+            gpus=1 if gpus is None else gpus,
             queue=queue,
             image=image,
             namespace=namespace,
@@ -197,7 +242,68 @@ def generate_command(
         )
     except InputError as err:
         _fail(str(err))
+    if sweep_fields is not None:
+        from .cli_sweep import sweep_manifest
+
+        manifest = sweep_manifest(manifest, sweep_fields)
     typer.echo(_dump(manifest, fmt).rstrip("\n"))
+
+
+def _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region, resources, selector, fmt):
+    """`generate serve`: the finished run (cluster experiment or s3 prefix) -> InferenceService."""
+    from . import inference_service as isvc
+    from .experiment_options import EXPERIMENT_PARAMS
+
+    stray = [f for f in flags if f.startswith("--")] + [
+        option.param_decls[0]
+        for key, (_, option) in EXPERIMENT_PARAMS.items()
+        if key != "name" and flags.get(key, option.default) != option.default
+    ]
+    if stray:
+        _fail(f"{stray[0]} does not apply to `generate serve` (it serves a finished run)")
+    source = serve_opts["--from"]
+    if not source:
+        _fail("generate serve needs --from NAMESPACE/EXPERIMENT or --from s3://bucket/run")
+    try:
+        if source.startswith("s3://"):
+            found = isvc.from_run(source, isvc.read_run_marker)
+        else:
+            ns, name = isvc.parse_ref(source, namespace)
+            ns = ns or _namespace(None, serve_opts["--context"])
+            found = isvc.from_experiment(_api_call(_client(serve_opts["--context"]).get_experiment, ns, name))
+        docs = isvc.serve_manifests(
+            name=flags.get("name") or found.name,
+            namespace=namespace or found.namespace,
+            storage_uri=found.storage_uri,
+            service_account=serve_opts["--service-account"],
+            # an explicit --service-account already carries its Secret, unless --secret is given too
+            secret=secret or (None if serve_opts["--service-account"] else found.secret),
+            endpoint=endpoint or found.endpoint,
+            region=region or found.region,
+            runtime=serve_opts["--runtime"],
+            resources=isvc.resources(
+                cpu=_read_quantity("--cpu", resources["cpu"]),
+                memory=_read_quantity("--memory", resources["memory"]),
+                memory_limit=_read_quantity("--memory-limit", resources["memory_limit"]),
+                gpus=found.gpus if gpus is None else gpus,
+            ),
+            node_selector=selector,
+            source=found.origin,
+        )
+    except isvc.ServeError as err:
+        _fail(str(err))
+    account = docs[0] if docs[0]["kind"] == "ServiceAccount" else None
+    if account:  # stdout stays a clean manifest for `kubectl apply -f -`
+        meta = account["metadata"]
+        hint = isvc.secret_annotation_hint(account["secrets"][0]["name"], meta.get("namespace"),
+                                           meta.get("annotations") or {})
+        if hint:
+            typer.echo(hint, err=True)
+    if fmt == "json":
+        doc = docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": docs}
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        typer.echo("---\n".join(yaml.safe_dump(d, sort_keys=False) for d in docs).rstrip("\n"))
 
 
 @app.command("crd")

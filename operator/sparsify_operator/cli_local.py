@@ -105,81 +105,76 @@ def _print_benchmark(results: list[tuple[str, Any]], scenario: str, json_out: bo
 
 @app.command("compare")
 def compare_command(
-    reports: list[str] = typer.Argument(..., help="report.json files or output folders containing one."),
+    runs: list[str] = typer.Argument(
+        ...,
+        metavar="RUN",
+        help="Runs to compare: output folders or report.json files, s3:// prefixes, or NAMESPACE/NAME of a "
+        "cluster experiment or sweep (a sweep or a folder of runs expands to its runs).",
+    ),
+    html: str | None = typer.Option(
+        None, "--html", help="Also write a self-contained HTML page (table + Pareto plots) to this file."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON instead of a table."),
+    context: str | None = typer.Option(
+        None, "--context", help="Kube context for NAMESPACE/NAME runs (default: current)."
+    ),
 ) -> None:
-    """Side-by-side table of several experiments' report.json."""
+    """Side-by-side table of several runs (accuracy, latency, speedup, size, sparsity, INT8 choice)."""
     from sparsify_runner.cli import fail
-    from sparsify_runner.errors import InputError
+    from sparsify_runner.errors import SparsifyError
+
+    from . import compare
 
     try:
-        loaded = [_load_report(r) for r in reports]
-    except InputError as err:
+        records = compare.load_runs(runs, context=context)
+        if html is not None:
+            _write_atomic(html, compare.compare_html(records))
+    except SparsifyError as err:
         fail(err)
-    _print_compare(loaded)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(compare.compare_json(records), indent=2))
+    else:
+        _print_compare(records, compare.compare_table(records))
+    if html is not None:
+        typer.echo(f"wrote {html}", err=True)
 
 
-def _load_report(source: str):
-    import json
+def _write_atomic(target: str, text: str) -> None:
+    """Write next to the target, then rename: a reader never sees half a page."""
+    import os
+    import tempfile
     from pathlib import Path
 
-    from pydantic import ValidationError
     from sparsify_runner.errors import InputError
-    from sparsify_runner.report import Report
 
-    path = Path(source)
+    path = Path(target).expanduser()
     if path.is_dir():
-        path = path / "report.json"
-    if not path.is_file():
-        raise InputError(
-            f"report '{path}' does not exist; pass a report.json or an output folder containing one"
-        )
+        raise InputError(f"--html '{target}' is a folder; pass a file name such as compare.html")
+    if not path.parent.is_dir():
+        raise InputError(f"--html '{target}': folder '{path.parent}' does not exist; create it first")
     try:
-        return str(source), Report.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
-        raise InputError(f"report '{path}' is not readable JSON ({type(err).__name__})") from None
-    except ValidationError as err:
-        loc = ".".join(str(p) for p in err.errors()[0]["loc"])
-        raise InputError(f"report '{path}' is not a sparsify report.json (field '{loc}' invalid)") from None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise InputError(f"--html '{target}' cannot be written ({err.strerror or err})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _print_compare(loaded: list[tuple[str, Any]]) -> None:
+def _print_compare(records: list[Any], rows: list[tuple[str, list[str]]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{x:.2%}"
-
-    def fid(r) -> str:
-        if r.fidelity is None:
-            return "-"
-        return (
-            pct(r.fidelity.top1_agreement)
-            if r.fidelity.top1_agreement is not None
-            else (f"cos {r.fidelity.cosine_similarity:.4f}")
-        )
-
-    rows: list[tuple[str, Any]] = [
-        ("type", lambda r: str(r.experiment.get("type", "-"))),
-        ("optim level", lambda r: str(r.experiment.get("optimLevel", "-"))),
-        ("mode", lambda r: r.mode),
-        ("baseline accuracy", lambda r: pct(r.baseline.accuracy)),
-        ("optimized accuracy", lambda r: pct(r.optimized.accuracy)),
-        ("fidelity", fid),
-        ("baseline latency", lambda r: f"{r.baseline.latency.mean_ms:.2f} ms" if r.baseline.latency else "-"),
-        (
-            "optimized latency",
-            lambda r: f"{r.optimized.latency.mean_ms:.2f} ms" if r.optimized.latency else "-",
-        ),
-        ("speedup", lambda r: f"{r.speedup:.2f}x" if r.speedup else "-"),
-        ("sparsity", lambda r: pct(r.optimized.sparsity)),
-        ("file size", lambda r: f"{r.optimized.file_size_bytes / 1e6:.2f} MB"),
-        ("gzip size", lambda r: f"{r.optimized.compressed_size_bytes / 1e6:.2f} MB"),
-        ("INT8 choice", lambda r: next((c.name for c in r.candidates if c.chosen), "-")),
-    ]
     table = Table(title="experiments side by side", title_justify="left")
     table.add_column("")
-    for name, _ in loaded:
-        table.add_column(name, justify="right")
-    for label, get in rows:
-        table.add_row(label, *[get(r) for _, r in loaded])
+    for record in records:
+        table.add_column(record.label, justify="right", overflow="fold")
+    for label, cells in rows:
+        table.add_row(label, *cells)
     Console().print(table)

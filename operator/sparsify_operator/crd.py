@@ -272,6 +272,85 @@ def experiment_crd() -> dict[str, Any]:
     }
 
 
+# ---- SparsifySweep ---------------------------------------------------------------------------------
+
+SWEEP_PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Points", "type": "string", "jsonPath": ".status.summary"},
+    {"name": "Best", "type": "string", "jsonPath": ".status.best.name"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def sweep_schema() -> dict[str, Any]:
+    """The sweep's spec embeds the experiment spec (same CEL rules on template.experiment);
+    the whole spec is immutable: a different grid is a different sweep."""
+    from .sweep_models import SparsifySweepSpec, SparsifySweepStatus
+
+    spec = _openapi(SparsifySweepSpec)
+    status = _openapi(SparsifySweepStatus)
+    _fix_preserve(spec)
+    _fix_preserve(status)
+    spec["properties"]["template"]["properties"]["experiment"]["x-kubernetes-validations"] = EXPERIMENT_RULES
+    spec["x-kubernetes-validations"] = [
+        {
+            "rule": "self == oldSelf",
+            "message": "a sweep's spec is immutable; delete and re-create the sweep to change it",
+        }
+    ]
+    _bound(spec)
+    _bound(status)
+    conditions = status["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    conditions["maxItems"] = 16
+    status["properties"]["points"]["maxItems"] = 40
+    status["properties"]["kopf"] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def sweep_crd() -> dict[str, Any]:
+    from .sweep_models import SWEEP_KIND, SWEEP_PLURAL, SWEEP_SHORT_NAMES, SWEEP_SINGULAR
+
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{SWEEP_PLURAL}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": SWEEP_KIND,
+                "listKind": f"{SWEEP_KIND}List",
+                "plural": SWEEP_PLURAL,
+                "singular": SWEEP_SINGULAR,
+                "shortNames": SWEEP_SHORT_NAMES,
+                "categories": ["sparsify"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": SWEEP_PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": sweep_schema()},
+                }
+            ],
+        },
+    }
+
+
 def peering_crds() -> list[dict[str, Any]]:
     """Kopf's peering resources (``--peering``: one active operator instance at a time)."""
     schema = {
@@ -318,6 +397,8 @@ def to_yaml(doc: dict[str, Any]) -> str:
 def crd_files() -> dict[str, str]:
     """File name -> YAML text: what ``crds/`` (and the chart's ``crds/``) must contain."""
     files = {f"{PLURAL}.{GROUP}.yaml": to_yaml(experiment_crd())}
+    sweep = sweep_crd()
+    files[f"{sweep['metadata']['name']}.yaml"] = to_yaml(sweep)
     for crd in peering_crds():
         files[f"{crd['metadata']['name']}.yaml"] = to_yaml(crd)
     return files

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,13 +31,21 @@ EXPERIMENT_PARAMS: dict[str, Any] = {
     )),
     "data": (str | None, _O(None, "--data", help="Dataset folder or URI.")),
     "optim_level": (float, _O(
-        0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity."
+        0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity (50 means 0.5)."
     )),
     "teacher": (str | None, _O(None, "--teacher", help="Distillation teacher (default: the dense model).")),
     "recipe": (str | None, _O(None, "--recipe", help="Recipe YAML overriding the optim-level recipe.")),
     "recipe_args": (str | None, _O(None, "--recipe-args", help="JSON object of recipe overrides.")),
     "train_kwargs": (str | None, _O(None, "--train-kwargs", help='JSON object, e.g. \'{"epochs": 3}\'.')),
-    "eval_metric": (str, _O("auto", "--eval-metric", help="auto, accuracy, f1 or fidelity.")),
+    "eval_metric": (str, _O(
+        "auto", "--eval-metric", help="auto, accuracy, f1, recall, mAP (object-detection) or fidelity."
+    )),
+    "train_samples": (int | None, _O(
+        None, "--train-samples", help="At most this many training (one-shot: calibration) samples."
+    )),
+    "val_samples": (int | None, _O(
+        None, "--val-samples", help="At most this many validation (one-shot: held-out) samples."
+    )),
     "structure": (str, _O(
         "unstructured", "--structure", help="unstructured or channels (structured, faster)."
     )),
@@ -45,7 +54,12 @@ EXPERIMENT_PARAMS: dict[str, Any] = {
     "deploy_device": (str, _O("cpu", "--deploy-device", help="Target device: cpu or cuda.")),
     "deploy_batch_size": (int, _O(1, "--deploy-batch-size", help="Target batch size for the benchmark.")),
     "quant_format": (str, _O("auto", "--quant-format", help="INT8 format: auto, qdq or qoperator.")),
-    "output": (str, _O(".", "--output", "-o", help="Output folder or s3:// prefix (default: working dir).")),
+    "output": (str | None, _O(
+        None, "--output", "-o", help="Output folder or s3:// prefix (default: the current folder)."
+    )),
+    "working_dir": (str | None, _O(
+        None, "--working-dir", help="Write to DIR/<name> (the original's working dir); not with --output."
+    )),
     "name": (str | None, _O(None, "--name", help="Experiment name.")),
     "seed": (int, _O(0, "--seed", help="Random seed.")),
 }
@@ -63,6 +77,24 @@ def _json_flag(flag: str, value: str | None) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise InputError(f"{flag} must be a JSON object like '{{\"epochs\": 3}}'")
     return parsed
+
+
+def _output(
+    output: str | None, working_dir: str | None, name: str | None, experiment_type: str
+) -> str | None:
+    """--working-dir DIR -> DIR/<name> (or DIR/<type>-<UTC time> without --name)."""
+    if working_dir is None:
+        return output
+    if output is not None:
+        raise InputError(
+            "--output and --working-dir both given; pass one (--working-dir DIR writes to DIR/<name>)"
+        )
+    if not working_dir.strip():
+        raise InputError("--working-dir is empty; pass a folder or an s3:// prefix")
+    leaf = name or f"{experiment_type}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    if "/" in leaf or leaf in (".", ".."):
+        raise InputError(f"--name '{leaf}' cannot be a folder name under --working-dir; drop the '/'")
+    return f"{working_dir.rstrip('/')}/{leaf}"
 
 
 def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
@@ -90,7 +122,9 @@ def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
             "batch_size": flags["deploy_batch_size"],
             "quant_format": flags["quant_format"],
         },
-        "output": flags["output"],
+        "train_samples": flags.get("train_samples"),
+        "val_samples": flags.get("val_samples"),
+        "output": _output(flags["output"], flags.get("working_dir"), flags["name"], experiment_type),
         "name": flags["name"],
         "seed": flags["seed"],
     }

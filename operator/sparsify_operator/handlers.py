@@ -102,3 +102,7 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
         "spec": dict(body.get("spec", {})),
         "status": dict(body.get("status", {})),
     }
+
+
+# The SparsifySweep handlers register with kopf on import (they reuse _emit above).
+from . import sweep_handlers  # noqa: E402, F401

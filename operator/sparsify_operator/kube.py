@@ -115,6 +115,39 @@ class Kube:
             content_type=MERGE_PATCH,
         )
 
+    def list_experiments_by_label(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = self.request("GET", self.experiments_path(namespace), query={"labelSelector": selector})
+        # Filter here too (as for Jobs): selectors are an optimisation, not something to rely on.
+        return [
+            o
+            for o in items["items"]
+            if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+
+    # ---- sweeps ----------------------------------------------------------------------------
+    @staticmethod
+    def sweeps_path(namespace: str | None, name: str | None = None) -> str:
+        from .sweep_models import SWEEP_PLURAL
+
+        base = f"/apis/{GROUP}/{VERSION}"
+        base += f"/namespaces/{quote(namespace)}/{SWEEP_PLURAL}" if namespace else f"/{SWEEP_PLURAL}"
+        return f"{base}/{quote(name)}" if name else base
+
+    def get_sweep(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.request("GET", self.sweeps_path(namespace, name))
+
+    def list_sweeps(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self.request("GET", self.sweeps_path(namespace))["items"]
+
+    def patch_sweep_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        return self.request(
+            "PATCH",
+            self.sweeps_path(namespace, name) + "/status",
+            body={"status": status},
+            content_type=MERGE_PATCH,
+        )
+
     # ---- jobs ------------------------------------------------------------------------------
     @staticmethod
     def _jobs(namespace: str, name: str | None = None) -> str:

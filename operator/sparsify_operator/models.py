@@ -128,6 +128,9 @@ class Results(_Model):
 
     model_uri: str | None = None
     report_uri: str | None = None
+    serving_uri: str | None = Field(
+        None, description="The result's Triton model repository: a KServe InferenceService's storageUri."
+    )
     mode: str | None = None
     baseline_accuracy: float | None = None
     optimized_accuracy: float | None = None

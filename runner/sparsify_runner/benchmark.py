@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputError
 from .evaluate import make_session, providers
-from .report import LatencyStats
+from .report import LATENCY_SAMPLES_CAP, LatencyStats
 
 
 def _feed_for(session, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -74,6 +74,14 @@ def with_batch_size(path: Path, batch_size: int, out_dir: Path) -> Path:
     return out
 
 
+def _samples(ms: np.ndarray, cap: int = LATENCY_SAMPLES_CAP) -> list[float]:
+    """All timings in measured order, or ``cap`` evenly spaced ranks of the sorted timings
+    (min and max included): the distribution survives, the report stays small."""
+    if len(ms) > cap:
+        ms = np.sort(ms)[np.round(np.linspace(0, len(ms) - 1, cap)).astype(int)]
+    return [round(float(v), 4) for v in ms]
+
+
 def _stats(times_s: list[float], batch_size: int, provider: str) -> LatencyStats:
     ms = np.asarray(times_s) * 1000.0
     mean = float(ms.mean())
@@ -86,6 +94,7 @@ def _stats(times_s: list[float], batch_size: int, provider: str) -> LatencyStats
         p90_ms=round(float(np.percentile(ms, 90)), 4),
         std_ms=round(float(ms.std()), 4),
         throughput_items_per_s=round(batch_size * 1000.0 / mean, 3) if mean > 0 else 0.0,
+        samples_ms=_samples(ms),
     )
 
 

@@ -30,6 +30,7 @@ class RunSummary(BaseModel):
     error: str | None = None
     model_uri: str | None = None
     report_uri: str | None = None
+    serving_uri: str | None = None  # Triton model repository: a KServe InferenceService's storageUri
     mode: str | None = None  # unstructured / channels / quantization-only / baseline
     baseline_accuracy: float | None = None
     optimized_accuracy: float | None = None

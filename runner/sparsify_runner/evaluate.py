@@ -124,3 +124,32 @@ def accuracy(outputs: list[np.ndarray], labels: list[int]) -> float:
 def fidelity_score(fid: Fidelity) -> float:
     """One number for ranking candidates: top-1 agreement when defined, else cosine similarity."""
     return fid.top1_agreement if fid.top1_agreement is not None else fid.cosine_similarity
+
+
+def _per_class(outputs: list[np.ndarray], labels: list[int], num_classes: int) -> tuple[np.ndarray, ...]:
+    if len(outputs) != len(labels) or not labels:
+        raise ValueError(
+            f"macro scores need one label per output ({len(outputs)} outputs, {len(labels)} labels)"
+        )
+    pred, true = top1(outputs), np.asarray(labels)
+    classes = np.arange(max(num_classes, int(true.max()) + 1, int(pred.max()) + 1))
+    tp = np.array([np.sum((pred == c) & (true == c)) for c in classes], dtype=np.float64)
+    fp = np.array([np.sum((pred == c) & (true != c)) for c in classes], dtype=np.float64)
+    fn = np.array([np.sum((pred != c) & (true == c)) for c in classes], dtype=np.float64)
+    present = np.array([np.any(true == c) or np.any(pred == c) for c in classes])
+    return tp[present], fp[present], fn[present]
+
+
+def macro_recall(outputs: list[np.ndarray], labels: list[int], num_classes: int = 0) -> float:
+    """Recall averaged over the classes in labels or predictions (each class counts the same;
+    a class that is only predicted scores 0), as scikit-learn's ``average="macro"``."""
+    tp, _, fn = _per_class(outputs, labels, num_classes)
+    support = tp + fn
+    return float(np.mean(np.where(support > 0, tp / np.maximum(support, 1), 0.0)))
+
+
+def macro_f1(outputs: list[np.ndarray], labels: list[int], num_classes: int = 0) -> float:
+    """F1 averaged over the classes that occur in labels or predictions (0 for a class never hit)."""
+    tp, fp, fn = _per_class(outputs, labels, num_classes)
+    denom = 2 * tp + fp + fn
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))

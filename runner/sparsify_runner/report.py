@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from .contract import RunSummary
 
 REPORT_SCHEMA_VERSION = "1"
+LATENCY_SAMPLES_CAP = 200
 
 
 class LatencyStats(BaseModel):
@@ -25,6 +26,11 @@ class LatencyStats(BaseModel):
     p90_ms: float
     std_ms: float
     throughput_items_per_s: float
+    samples_ms: list[float] | None = Field(
+        None,
+        description=f"per-iteration latencies (at most {LATENCY_SAMPLES_CAP}; evenly spaced ranks of the "
+        "sorted timings when there were more): report.html plots their distribution",
+    )
 
 
 class ModelStats(BaseModel):
@@ -36,7 +42,8 @@ class ModelStats(BaseModel):
     sparsity: float = Field(0.0, description="fraction of zero weights in prunable layers")
     flops: int | None = Field(None, description="multiply-accumulates per sample, when counted")
     accuracy: float | None = None
-    f1: float | None = None
+    f1: float | None = Field(None, description="macro F1 over classes (--eval-metric f1 or recall)")
+    recall: float | None = Field(None, description="macro recall over classes (--eval-metric f1 or recall)")
     latency: LatencyStats | None = None
 
 
@@ -94,8 +101,8 @@ class Report(BaseModel):
     optimized: ModelStats
     fidelity: Fidelity | None = None
     speedup: float | None = Field(None, description="baseline mean latency / optimized mean latency")
-    size_ratio: float | None = None
-    compressed_size_ratio: float | None = None
+    size_ratio: float | None = Field(None, description="optimized / baseline file size (below 1: smaller)")
+    compressed_size_ratio: float | None = Field(None, description="optimized / baseline gzip size")
     layers: list[LayerReport] = Field(default_factory=list)
     candidates: list[CandidateRecord] = Field(default_factory=list)
     training: list[EpochRecord] = Field(default_factory=list)
@@ -109,6 +116,7 @@ class Report(BaseModel):
             status="succeeded",
             model_uri=self.artifacts.get("model"),
             report_uri=self.artifacts.get("report"),
+            serving_uri=self.artifacts.get("serving"),
             mode=self.mode,
             baseline_accuracy=self.baseline.accuracy,
             optimized_accuracy=self.optimized.accuracy,

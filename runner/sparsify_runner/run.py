@@ -1,10 +1,10 @@
 """run_experiment: the one code path behind ``sparsify-runner run`` and ``sparsifyctl run``.
 
 check output -> finished result already there? (return it) -> fetch inputs -> pathway
-(writes model.onnx into a staging folder) -> report.json -> atomic publish (marker last)
--> termination message + final metrics. Every failure (bad input, transient, crash,
-SIGTERM) writes the termination message and pushes final metrics too, and nothing
-reaches the output location.
+(writes model.onnx into a staging folder) -> Triton model repository -> report.json ->
+atomic publish (marker last) -> termination message + final metrics. Every failure (bad
+input, transient, crash, SIGTERM) writes the termination message and pushes final metrics
+too, and nothing reaches the output location.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import storage
+from . import model_repository, storage
 from .context import RunContext
 from .contract import RunSummary, write_termination_log
 from .errors import EXIT_INTERNAL, EXIT_TERMINATED, SparsifyError, Terminated
 from .report import Report
+from .report_html import render_report_html
 from .spec import Experiment, uri_scheme
 from .storage.common import install_log_redaction, redact, redact_obj
 from .telemetry import Telemetry, from_environment
@@ -35,6 +36,7 @@ log = logging.getLogger("sparsify.runner")
 
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+HTML_REPORT_FILE = "report.html"
 
 
 def experiment_fingerprint(exp: Experiment) -> str:
@@ -56,13 +58,19 @@ def _reuse_enabled(exp: Experiment) -> bool:
 
 
 def _fetch_inputs(exp: Experiment, show_progress: bool) -> dict[str, Path | None]:
+    from .named import resolve_data, resolve_model  # names (resnet50, sst2, ...) are not paths
+
     def opt(uri: str | None, what: str) -> Path | None:
         return storage.fetch(uri, what=what, show_progress=show_progress) if uri else None
 
+    def model(uri: str | None, what: str) -> Path | None:
+        return resolve_model(uri, exp, what=what) or opt(uri, what)
+
     return {
-        "model_path": opt(exp.model, "model"),
-        "data_path": storage.fetch(exp.data, what="data", show_progress=show_progress),
-        "teacher_path": opt(exp.teacher, "teacher"),
+        "model_path": model(exp.model, "model"),
+        "data_path": resolve_data(exp, show_progress=show_progress)
+        or storage.fetch(exp.data, what="data", show_progress=show_progress),
+        "teacher_path": model(exp.teacher, "teacher"),
         "recipe_path": opt(exp.recipe, "recipe"),
         "catalog_path": opt(exp.catalog, "catalog"),
     }
@@ -136,11 +144,19 @@ def run_experiment(
                 report.artifacts.update(
                     {"model": output.uri_for(MODEL_FILE), "report": output.uri_for(REPORT_FILE)}
                 )
+                if model_repository.add_to_staging(  # Triton/KServe layout, published with the model
+                    staging, MODEL_FILE, experiment_name=exp.name, batch_size=exp.deploy.batch_size
+                ):
+                    report.artifacts["serving"] = output.uri_for(model_repository.REPOSITORY_DIR)
+                report.artifacts["html"] = output.uri_for(HTML_REPORT_FILE)
+                html = _render_html(report)
                 (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2), encoding="utf-8")
+                if html is not None:
+                    (staging / HTML_REPORT_FILE).write_text(html, encoding="utf-8")
                 telemetry.stage("publish")
                 output.publish(
                     staging,
-                    order=[MODEL_FILE, REPORT_FILE],
+                    order=[MODEL_FILE, HTML_REPORT_FILE, REPORT_FILE],
                     fingerprint=fingerprint,
                     show_progress=show_progress,
                 )
@@ -160,6 +176,21 @@ def run_experiment(
     except Exception as err:
         _fail(err, EXIT_INTERNAL, "InternalError", telemetry, termination_log)
         raise
+
+
+def _render_html(report: Report) -> str | None:
+    """report.html for the run. A rendering bug must not cost a finished run: it is logged,
+    noted in report.json and the rest is published (tests assert the file is there)."""
+    try:
+        return render_report_html(report)
+    except Exception as err:
+        log.exception("could not render %s; publishing the run without it", HTML_REPORT_FILE)
+        report.artifacts.pop("html", None)
+        report.notes.append(
+            f"{HTML_REPORT_FILE} could not be rendered ({type(err).__name__}: {err}); "
+            "the other results are complete"
+        )
+        return None
 
 
 def _fail(err: BaseException, code: int, reason: str, telemetry: Telemetry, path: str | None) -> None:

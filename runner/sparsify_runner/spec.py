@@ -28,7 +28,10 @@ class ExperimentType(str, Enum):  # noqa: UP042 (plain str mixin keeps pydantic/
     training_aware = "training-aware"
 
 
-# Canonical use cases and the aliases the original product accepted for them.
+# The original product's use-case registry: canonical name -> its aliases. Matching ignores
+# case, '-', '_' and spaces, and a domain prefix ('cv-', 'nlp-'), as the original did.
+# Sentiment analysis and document classification are single-label sequence classification,
+# so they train as text-classification; the rest are accepted for one-shot on an ONNX model.
 USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
     "image-classification": ("image_classification", "ic", "classification", "cv-classification"),
     "text-classification": (
@@ -37,21 +40,60 @@ USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
         "nlp-text-classification",
         "sentiment-analysis",
         "sentiment_analysis",
+        "sentiment",
         "nlp-sentiment_analysis",
+        "document-classification",
+        "document_classification",
+        "nlp-document_classification",
         "glue",
     ),
-    "object-detection": ("object_detection", "od", "detection", "yolo"),
+    "object-detection": ("object_detection", "od", "detection", "cv-detection", "yolo"),
+    "segmentation": ("seg", "image-segmentation", "image_segmentation", "cv-segmentation"),
+    "question-answering": ("question_answering", "qa", "nlp-question_answering"),
+    "token-classification": (
+        "token_classification",
+        "ner",
+        "named-entity-recognition",
+        "named_entity_recognition",
+        "nlp-token_classification",
+    ),
+    "masked-language-modeling": (
+        "masked_language_modeling",
+        "mlm",
+        "fill-mask",
+        "nlp-masked_language_modeling",
+    ),
+    "information-retrieval": ("information_retrieval", "ir", "nlp-information_retrieval"),
+    "multilabel-text-classification": (
+        "multilabel_text_classification",
+        "multi-label-text-classification",
+        "nlp-multilabel_text_classification",
+    ),
 }
 TRAINING_USE_CASES = ("image-classification", "text-classification")
+TRAINING_NOTE = (
+    "image-classification, text-classification (also sentiment-analysis and document-classification)"
+)
+
+
+def _use_case_key(value: str) -> str:
+    key = "".join(ch for ch in value.strip().lower() if ch not in "-_ ")
+    for prefix in ("cv", "nlp"):
+        if key.startswith(prefix) and key[len(prefix):] in _USE_CASE_KEYS:
+            return key[len(prefix):]
+    return key
+
+
+_USE_CASE_KEYS: dict[str, str] = {}
+for _canonical, _aliases in USE_CASE_ALIASES.items():
+    for _name in (_canonical, *_aliases):
+        _USE_CASE_KEYS["".join(ch for ch in _name.lower() if ch not in "-_ ")] = _canonical
 
 
 def normalize_use_case(value: str) -> str:
-    """Map aliases to the canonical name; unknown strings pass through (custom use cases)."""
-    key = value.strip().lower()
-    for canonical, aliases in USE_CASE_ALIASES.items():
-        if key == canonical or key in aliases:
-            return canonical
-    return key
+    """Map the original's names and aliases to the canonical name (case, '-', '_', spaces
+    and a 'cv-'/'nlp-' prefix ignored); unknown strings pass through (custom use cases)."""
+    return _USE_CASE_KEYS.get(_use_case_key(value), value.strip().lower())
 
 
 def uri_scheme(uri: str) -> str:
@@ -98,7 +140,11 @@ class Experiment(_Model):
     )
     data: str = Field(description="Dataset URI (a folder or an s3:// prefix).")
     optim_level: float = Field(
-        0.5, ge=0.0, le=1.0, description="0 = baseline, <0.3 = INT8 only, >=0.3 = INT8 + sparsity."
+        0.5,
+        ge=0.0,
+        le=100.0,
+        description="0..1: 0 = baseline, <0.3 = INT8 only, >=0.3 = INT8 + sparsity; an integer in "
+        "(1, 100] is a percentage (50 -> 0.5), as the original accepted.",
     )
     teacher: str | None = Field(None, description="Distillation teacher URI (default: the dense model).")
     recipe: str | None = Field(None, description="Recipe YAML URI overriding the optim-level recipe.")
@@ -106,8 +152,21 @@ class Experiment(_Model):
     train_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Training overrides: epochs, batch_size, lr, ..."
     )
-    eval_metric: Literal["auto", "accuracy", "f1", "fidelity"] = Field(
-        "auto", description="auto: accuracy when labels exist, else fidelity to the baseline."
+    eval_metric: Literal["auto", "accuracy", "f1", "recall", "mAP", "fidelity"] = Field(
+        "auto",
+        description="auto: accuracy when labels exist, else fidelity to the baseline; f1 and recall "
+        "are macro averages over classes; mAP is for object-detection.",
+    )
+    train_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Use at most this many training samples (one-shot: calibration samples); "
+        "a subset chosen by the seed.",
+    )
+    val_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate on at most this many validation samples (one-shot: held-out samples).",
     )
     structure: Literal["unstructured", "channels"] = Field(
         "unstructured",
@@ -121,6 +180,33 @@ class Experiment(_Model):
     deploy: DeployTarget = Field(default_factory=DeployTarget)
     output: str = Field(".", description="Output location (folder or s3:// prefix).")
     seed: int = 0
+
+    @field_validator("optim_level", mode="before")
+    @classmethod
+    def _optim_level(cls, value: Any) -> Any:
+        """[0, 1] as is; an integer in (1, 100] is a percentage, as the original read it."""
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                return value  # pydantic's own message for text that is not a number
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        if 0.0 <= value <= 1.0:
+            return float(value)
+        if 1.0 < value <= 100.0 and float(value).is_integer():
+            return float(value) / 100.0
+        raise ValueError(
+            f"must be in [0, 1] (or an integer percentage in (1, 100], e.g. 50 = 0.5), got {value}"
+        )
+
+    @field_validator("eval_metric", mode="before")
+    @classmethod
+    def _eval_metric(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        key = value.strip().lower()
+        return "mAP" if key == "map" else key
 
     @field_validator("use_case")
     @classmethod
@@ -150,8 +236,13 @@ class Experiment(_Model):
             raise ValueError(f"{self.type.value} needs a model; pass --model")
         if self.type != ExperimentType.one_shot and self.use_case not in TRAINING_USE_CASES:
             raise ValueError(
-                f"use case '{self.use_case}' is not supported for {self.type.value}; "
-                f"use one of {', '.join(TRAINING_USE_CASES)} (custom use cases work with one-shot)"
+                f"use case '{self.use_case}' is not supported for {self.type.value}; training supports "
+                f"{TRAINING_NOTE}; other use cases work with one-shot on an ONNX model"
+            )
+        if self.eval_metric == "mAP" and self.use_case != "object-detection":
+            raise ValueError(
+                f"eval metric 'mAP' is for object-detection, not '{self.use_case}'; "
+                "use accuracy, f1, recall or fidelity"
             )
         if uri_scheme(self.output).startswith("http"):
             raise ValueError("output cannot be http(s):// (read-only); use a folder or s3://")

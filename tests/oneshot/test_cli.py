@@ -101,6 +101,7 @@ def test_level_05_prunes_and_reports_layers(tiny_onnx, samples, tmp_path, capsys
     assert any(ly["sparsity"] > 0 for ly in rep["layers"])
     assert "unstructured sparsity" in rep["speedup_source"] and "no speed" in rep["speedup_source"]
     assert any("compressed size" in n for n in rep["notes"])
+    assert any("allocated by measured sensitivity" in n for n in rep["notes"])  # the default
     assert rep["fidelity"]["samples"] == 8 and 0 <= rep["fidelity"]["cosine_similarity"] <= 1.0001
     from sparsify_runner.evaluate import run_onnx
 
@@ -172,6 +173,10 @@ def _bad_cases(
         "recipe value": (
             args(tiny_onnx, samples) + ["--recipe-args", '{"int8_equalization": "yes"}'],
             "'int8_equalization' must be true or false",
+        ),
+        "allocation": (
+            args(tiny_onnx, samples) + ["--recipe-args", '{"pruning_allocation": "owl"}'],
+            "'pruning_allocation' must be erk or sensitivity",
         ),
     }
 

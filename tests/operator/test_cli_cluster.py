@@ -85,7 +85,7 @@ def test_cluster_commands_end_to_end():
 
 def test_apply_rejects_bad_manifest_before_sending(tmp_path):
     bad = tmp_path / "bad.yaml"
-    doc = (ROOT / "examples/k8s/one-shot.yaml").read_text().replace("optimLevel: 0.5", "optimLevel: 5")
+    doc = (ROOT / "examples/k8s/one-shot.yaml").read_text().replace("optimLevel: 0.5", "optimLevel: 500")
     bad.write_text(doc)
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
     proc = subprocess.run([sys.executable, "-c", "from sparsify_operator.cli import main; main()", "apply",

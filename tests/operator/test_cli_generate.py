@@ -199,7 +199,7 @@ def test_generate_same_experiment_as_run_flags():
                 "--output",
                 "s3://o",
                 "--optim-level",
-                "2",
+                "150",  # 2 would be 2% (the original's integer percentages)
             ],
             "optim",
         ),

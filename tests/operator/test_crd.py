@@ -56,7 +56,7 @@ def test_schema_is_structural():
 def test_schema_ranges_enums_and_status_fields():
     schema = crd.experiment_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     exp = schema["properties"]["spec"]["properties"]["experiment"]["properties"]
-    assert exp["optimLevel"]["minimum"] == 0 and exp["optimLevel"]["maximum"] == 1
+    assert exp["optimLevel"]["minimum"] == 0 and exp["optimLevel"]["maximum"] == 100  # 50 = 0.5
     assert exp["type"]["enum"] == ["one-shot", "sparse-transfer", "training-aware"]
     status = schema["properties"]["status"]["properties"]
     for field in (

@@ -125,7 +125,7 @@ def test_long_names_stay_valid():
         ({"model": "/local/model.onnx"}, "spec.experiment.model"),
         ({"output": "./out"}, "spec.experiment.output"),
         ({"data": "ftp://x/y"}, "spec.experiment.data"),
-        ({"optimLevel": 3}, "spec.experiment.optimLevel"),
+        ({"optimLevel": 1.5}, "spec.experiment.optimLevel"),
     ],
 )
 def test_invalid_specs_name_the_field(change, field):

@@ -62,7 +62,7 @@ def test_bad_spec_exit_2_with_message_and_failure_push(s3env, tmp_path, pushgate
         SPARSIFY_EXPERIMENT_NAME="bad-spec",
         SPARSIFY_EXPERIMENT_NAMESPACE="ns1",
     )
-    proc = _run([*runner_cmd(), "run", "--quiet", "--experiment", _experiment(tmp_path, optimLevel=7)], env)
+    proc = _run([*runner_cmd(), "run", "--quiet", "--experiment", _experiment(tmp_path, optimLevel=150)], env)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: invalid experiment field 'optimLevel'")
     summary = read_summary(tmp_path / "termination-log")
@@ -195,7 +195,12 @@ def test_metrics_scraped_during_a_run_then_success(s3, s3env, tmp_path):
     summary = read_summary(tmp_path / "termination-log")
     assert summary["status"] == "succeeded" and summary["modelUri"] == "s3://outputs/contract/model.onnx"
     assert summary["reportUri"] == "s3://outputs/contract/report.json"
-    assert keys(s3, "outputs") == ["contract/_SUCCESS.json", "contract/model.onnx", "contract/report.json"]
+    assert keys(s3, "outputs") == [
+        "contract/_SUCCESS.json",
+        "contract/model.onnx",
+        "contract/report.html",
+        "contract/report.json",
+    ]
 
 
 @pytest.mark.parametrize("reuse", ["auto", "never"])

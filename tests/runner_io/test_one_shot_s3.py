@@ -64,7 +64,14 @@ def test_one_shot_with_s3_uris(s3, s3env, tmp_path, one_shot_inputs, pushgateway
     )
     assert first.returncode == 0, first.stderr[-3000:]
 
-    assert keys(s3, "results") == ["a/_SUCCESS.json", "a/model.onnx", "a/report.json"]
+    assert keys(s3, "results") == [
+        "a/_SUCCESS.json",
+        "a/model.onnx",
+        "a/model_repository/tiny-oneshot/1/model.onnx",
+        "a/model_repository/tiny-oneshot/config.pbtxt",
+        "a/report.html",
+        "a/report.json",
+    ]
     marker = json.loads(s3.get_object(Bucket="results", Key="a/_SUCCESS.json")["Body"].read())
     model_bytes = s3.get_object(Bucket="results", Key="a/model.onnx")["Body"].read()
     assert marker["files"]["model.onnx"] == {

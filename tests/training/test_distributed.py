@@ -56,7 +56,14 @@ def test_torchrun_two_processes_structured_with_qat(image_data: Path, cnn_checkp
     assert [e["step"] for e in main] == [4, 8, 12]
     assert r["training"][-1]["phase"] == "qat"
     assert r["optimized"]["flops"] < 0.8 * r["baseline"]["flops"]
-    assert sorted(p.name for p in out.iterdir()) == ["_SUCCESS.json", "model.onnx", "model.pt", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_SUCCESS.json",
+        "model.onnx",
+        "model.pt",
+        "model_repository",
+        "report.html",
+        "report.json",
+    ]
     summary = json.loads(term.read_text())
     assert summary["status"] == "succeeded"
     sess = ort.InferenceSession(str(out / "model.onnx"))

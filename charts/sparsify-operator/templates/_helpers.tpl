@@ -34,15 +34,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Rules the operator needs, shared by the Role (namespace mode) and the ClusterRole. */}}
 {{- define "sparsify-operator.rules" -}}
+# create/delete: a SparsifySweep's child experiments
 - apiGroups: ["sparsify.dev"]
   resources: ["sparsifyexperiments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["sparsify.dev"]
   resources: ["sparsifyexperiments/status"]
   verbs: ["get", "patch"]
 # ownerReferences with blockOwnerDeletion on the Jobs
 - apiGroups: ["sparsify.dev"]
   resources: ["sparsifyexperiments/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["sparsify.dev"]
+  resources: ["sparsifysweeps"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["sparsify.dev"]
+  resources: ["sparsifysweeps/status"]
+  verbs: ["get", "patch"]
+# ownerReferences with blockOwnerDeletion on the child experiments
+- apiGroups: ["sparsify.dev"]
+  resources: ["sparsifysweeps/finalizers"]
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]

@@ -153,3 +153,105 @@ def allocate(
         )
     zeros = sum(a.n_prune for a in out)
     return AllocationPlan(layers=out, target=target, planned=zeros / total if total else 0.0, notes=notes)
+
+
+def _interpolate(curve: list[tuple[float, float]], s: float) -> float:
+    xs = [p[0] for p in curve]
+    ys = [p[1] for p in curve]
+    if s <= xs[-1]:
+        return float(np.interp(s, xs, ys))
+    # beyond the last probe: extend the last segment's slope (damage keeps growing)
+    slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-9)
+    return ys[-1] + slope * (s - xs[-1])
+
+
+def allocate_by_damage(
+    layers: list[LayerProfile],
+    curves: dict[str, list[tuple[float, float]]],
+    target: float,
+    policy: AllocationPolicy | None = None,
+    *,
+    grid_step: float = 0.01,
+) -> AllocationPlan:
+    """Per-layer sparsities that meet ``target`` (parameter-weighted) at the least total measured
+    damage: each layer takes the sparsity minimizing ``damage_i(s) - lam * params_i * s`` on a
+    grid (a Lagrangian relaxation of the budget, damage assumed additive across layers), and
+    ``lam`` is bisected until the budget is met. Protected roles (first, depthwise, small) stay
+    dense as in :func:`allocate`; layers without a curve fall back to it."""
+    if not 0.0 <= target < 1.0:
+        raise ValueError(f"target sparsity must be in [0, 1), got {target}")
+    policy = policy or AllocationPolicy()
+    base = allocate(layers, target, policy)
+    roles = [a.role for a in base.layers]
+    total = sum(layer.params for layer in layers)
+    if total == 0 or target == 0.0:
+        return base
+    grid = np.arange(0.0, policy.normal_cap + 1e-9, grid_step)
+    options: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for layer, role in zip(layers, roles, strict=True):
+        if role in policy.dense_roles or layer.name not in curves:
+            options.append(None)
+            continue
+        cap = policy.classifier_cap if role == "classifier" else policy.normal_cap
+        s = grid[grid <= cap + 1e-9]
+        options.append((s, np.array([_interpolate(curves[layer.name], x) for x in s])))
+
+    def choose(lam: float) -> list[float]:
+        picks = []
+        for layer, opt in zip(layers, options, strict=True):
+            if opt is None:
+                picks.append(0.0)
+                continue
+            s, damage = opt
+            picks.append(float(s[int(np.argmin(damage - lam * layer.params * s))]))
+        return picks
+
+    def zeros(picks: list[float]) -> float:
+        return sum(layer.params * p for layer, p in zip(layers, picks, strict=True))
+
+    want = target * total
+    notes: list[str] = []
+    hi = 1.0
+    while zeros(choose(hi)) < want and hi < 1e12:
+        hi *= 4.0
+    if zeros(choose(hi)) < want:
+        notes.append(
+            f"target sparsity {target:.2f} is out of reach with the protected layers kept dense and "
+            "per-layer caps; pruning as far as the caps allow"
+        )
+        lo = hi
+    else:
+        lo = 0.0
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if zeros(choose(mid)) < want:
+                lo = mid
+            else:
+                hi = mid
+    picks = choose(hi)
+    # the grid overshoots the budget by up to one step of one layer: take the overshoot back
+    # from the pruned layers so the planned sparsity is the target (to the weight)
+    excess = zeros(picks) - want
+    out: list[Allocation] = []
+    for layer, role, opt, p, fallback in zip(layers, roles, options, picks, base.layers, strict=True):
+        if opt is None:
+            dense = role in policy.dense_roles
+            note = fallback.note if dense else "no sensitivity measured: kept dense"
+            out.append(Allocation(sparsity=0.0, n_prune=0, role=role, note=note))
+            continue
+        n = round(p * layer.params)
+        if excess > 0 and n > 0:
+            trim = min(n, int(excess))
+            n -= trim
+            excess -= trim
+        damage = _interpolate(curves[layer.name], n / layer.params)
+        out.append(
+            Allocation(
+                sparsity=n / layer.params,
+                n_prune=n,
+                role=role,
+                note=f"rate {n / layer.params:.3f} by measured sensitivity (probe damage {damage:.2e})",
+            )
+        )
+    planned = sum(a.n_prune for a in out) / total
+    return AllocationPlan(layers=out, target=target, planned=planned, notes=notes)

@@ -35,13 +35,14 @@ from onnx import numpy_helper
 
 from ..errors import InputError
 from ..report import LayerReport
-from .allocation import AllocationPolicy, LayerProfile, allocate
+from .allocation import AllocationPolicy, LayerProfile, allocate, allocate_by_damage
 from .hessian import DEFAULT_MAX_ROWS, HessianAccumulator, InputSpec
 from .magnitude import magnitude_prune
 from .obs import correct_to_dense, relative_output_error, sparsegpt_prune
 from .onnx_capture import SegmentedRunner, initializer_map, node_inputs, write_back_initializers
 
 METHODS = ("obs", "magnitude")
+ALLOCATIONS = ("erk", "sensitivity")
 CORRECTION_MIN_DRIFT = 0.25
 _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
@@ -329,9 +330,13 @@ def layer_progress(show: bool, total: int, verb: str = "pruning"):
     return progress, progress.add_task("", total=total)
 
 
-def _validate(target_sparsity: float, method: str) -> None:
+def _validate(target_sparsity: float, method: str, allocation: str) -> None:
     if method not in METHODS:
         raise InputError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if allocation not in ALLOCATIONS:
+        raise InputError(
+            f"unknown sparsity allocation {allocation!r}; choose one of {', '.join(ALLOCATIONS)}"
+        )
     if isinstance(target_sparsity, bool) or not isinstance(target_sparsity, (int, float)):
         raise InputError(f"target sparsity must be a number in [0, 1), got {target_sparsity!r}")
     if not 0.0 <= float(target_sparsity) < 1.0 or np.isnan(target_sparsity):
@@ -352,13 +357,18 @@ def prune_onnx(
     adaptive_damp: bool = True,
     correct_upstream: bool = True,
     threads: int | None = None,
+    allocation: str = "erk",
+    sensitivity_samples: int = 16,
 ) -> PruneResult:
     """Prune ``model`` to ``target_sparsity`` (parameter-weighted over the prunable layers).
 
     ``calibration``: samples mapping input names to arrays without the batch dimension
-    (needed by ``obs``; ignored by ``magnitude``). The input model is not modified.
+    (needed by ``obs`` and by ``allocation="sensitivity"``). ``allocation``: ``erk`` (shape
+    rule, :func:`allocation.allocate`) or ``sensitivity`` (measured per-layer damage on
+    ``sensitivity_samples`` calibration samples, :func:`allocation.allocate_by_damage`).
+    The input model is not modified.
     """
-    _validate(target_sparsity, method)
+    _validate(target_sparsity, method, allocation)
     target = float(target_sparsity)
     t_start = time.perf_counter()
     out = onnx.ModelProto()
@@ -370,7 +380,20 @@ def prune_onnx(
         notes.append("no prunable Conv/Gemm/MatMul layer with its own float initializer weight found")
 
     assign_roles_and_waves(out, layers, set())  # roles first; waves once the pruned set is known
-    plan = allocate([LayerProfile(ly.name, ly.params, ly.role, ly.shape) for ly in layers], target, policy)
+    profiles = [LayerProfile(ly.name, ly.params, ly.role, ly.shape) for ly in layers]
+    plan = allocate(profiles, target, policy)
+    sensitivity_s = None
+    if allocation == "sensitivity" and target > 0 and calibration:
+        from .sensitivity import measure_damage
+
+        probed = [ly for ly, a in zip(layers, plan.layers, strict=True) if a.n_prune > 0]
+        damage = measure_damage(out, probed, calibration[:sensitivity_samples])
+        plan = allocate_by_damage(profiles, damage.curves, target, policy)
+        sensitivity_s = damage.seconds
+        notes.append(
+            f"sparsity allocated by measured sensitivity: {len(probed)} layers probed on "
+            f"{damage.samples} calibration samples in {damage.seconds:.0f} s"
+        )
     notes.extend(plan.notes)
     todo = [ly for ly, a in zip(layers, plan.layers, strict=True) if a.n_prune > 0]
     alloc = {ly.name: a for ly, a in zip(layers, plan.layers, strict=True)}
@@ -381,6 +404,8 @@ def prune_onnx(
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     timings = {"capture_s": 0.0, "hessian_s": 0.0, "prune_s": 0.0}
+    if sensitivity_s is not None:
+        timings["sensitivity_s"] = sensitivity_s
     progress, task = layer_progress(show_progress, len(todo))
     try:
         with progress:

@@ -33,6 +33,8 @@ def _check_settings(s: dict[str, Any]) -> None:
         raise bad("sparsity", "null or a number in [0, 1)")
     if s["pruning_method"] not in (None, "obs", "magnitude"):
         raise bad("pruning_method", "null, obs or magnitude")
+    if s["pruning_allocation"] not in ("erk", "sensitivity"):
+        raise bad("pruning_allocation", "erk or sensitivity")
     if s["quantize"] not in ("auto", True, False):
         raise bad("quantize", "auto, true or false")
     if not isinstance(s["int8_equalization"], bool):
@@ -42,22 +44,45 @@ def _check_settings(s: dict[str, Any]) -> None:
     loss = s["max_int8_fidelity_loss"]
     if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0.0 <= loss <= 1.0:
         raise bad("max_int8_fidelity_loss", "a number in [0, 1]")
-    for key in ("calibration_samples", "max_holdout_samples"):
+    for key in ("calibration_samples", "max_holdout_samples", "sensitivity_samples"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise bad(key, "a positive integer")
     hf = s["holdout_fraction"]
     if isinstance(hf, bool) or not isinstance(hf, int | float) or not 0.0 < hf < 1.0:
         raise bad("holdout_fraction", "a number in (0, 1)")
+    mr = s["macs_reduction"]
+    if mr is not None and (isinstance(mr, bool) or not isinstance(mr, int | float) or not 0.0 <= mr < 1.0):
+        raise bad("macs_reduction", "null or a number in [0, 1)")
+    rt = s["round_channels_to"]
+    if isinstance(rt, bool) or not isinstance(rt, int) or rt < 1:
+        raise bad("round_channels_to", "a positive integer")
+    fl = s["max_channels_fidelity_loss"]
+    if isinstance(fl, bool) or not isinstance(fl, int | float) or not 0.0 <= fl <= 1.0:
+        raise bad("max_channels_fidelity_loss", "a number in [0, 1]")
+    mx = s["max_channels_removed"]
+    if isinstance(mx, bool) or not isinstance(mx, int | float) or not 0.0 < mx < 1.0:
+        raise bad("max_channels_removed", "a number in (0, 1)")
     for key in ("benchmark_seconds", "int8_candidate_seconds", "int8_search_seconds"):
         if isinstance(s[key], bool) or not isinstance(s[key], int | float) or s[key] <= 0:
             raise bad(key, "a positive number")
 
 
-def _speedup_source(mode: str, speedup: float | None, int8: bool, sparsity: float) -> str:
+def _speedup_source(
+    mode: str, speedup: float | None, int8: bool, sparsity: float, channels: dict | None = None
+) -> str:
     sp = f"{speedup:.2f}x" if speedup else "no measurable change"
     if mode == "baseline":
         return "optim level 0: the baseline model is returned unchanged, so there is no speedup"
     parts = []
+    if channels:
+        before, after = channels["macs_before"], channels["macs_after"]
+        parts.append(
+            f"measured speedup {sp} comes from removing {channels['removed']} of {channels['total']} "
+            f"removable channels ({channels['groups']} layer groups): MACs {before / 1e6:.1f}M "
+            f"-> {after / 1e6:.1f}M ({after / max(1, before):.1%} kept), fewer FLOPs on any runtime"
+            + ("; plus INT8 quantization (onnxruntime integer kernels)" if int8 else "; INT8 was not applied")
+        )
+        return "; ".join(parts)
     if int8:
         parts.append(f"measured speedup {sp} comes from INT8 quantization (onnxruntime integer kernels)")
     else:
@@ -104,13 +129,17 @@ def run(ctx: RunContext) -> Report:
     tel.stage("load")
     settings = load_recipe(packaged_recipe("one_shot"), exp, ctx.recipe_path)
     _check_settings(settings)
-    if exp.structure != "unstructured":
+    channels = exp.structure == "channels"
+    if channels and (settings["pruning_method"] or exp.pruning_method) != "obs":
         raise InputError(
-            f"structure '{exp.structure}' is not available for one-shot (ONNX graphs keep their shapes); "
-            "use --structure unstructured, or training-aware for channel pruning"
+            "--structure channels selects channels with the calibration Hessian (structured OBS) and has "
+            "no magnitude variant; use --pruning-method obs (the default) or --structure unstructured"
         )
-    if exp.eval_metric == "f1":
-        raise InputError("eval metric 'f1' is not available for one-shot; use auto, accuracy or fidelity")
+    if exp.eval_metric == "mAP":
+        raise InputError(
+            "eval metric 'mAP' needs box labels, which one-shot .npz samples do not carry (there is no "
+            "detection pathway yet); use --eval-metric fidelity"
+        )
     if ctx.model_path is None:
         raise InputError("one-shot needs an ONNX model; pass --model MODEL.onnx")
     level = float(exp.optim_level)
@@ -121,6 +150,11 @@ def run(ctx: RunContext) -> Report:
     )
     if level == 0.0 and settings["sparsity"] is None:
         target = 0.0
+    if channels:  # channels: the optim level sets a MAC reduction instead of a weight sparsity
+        from ..recipes import macs_reduction_for_level
+
+        mr = settings["macs_reduction"]
+        target = float(mr) if mr is not None else macs_reduction_for_level(ExperimentType.one_shot, level)
     int8 = level > 0 if settings["quantize"] == "auto" else bool(settings["quantize"])
     method = settings["pruning_method"] or exp.pruning_method
     fmt = settings["quant_format"] or exp.deploy.quant_format
@@ -129,16 +163,16 @@ def run(ctx: RunContext) -> Report:
 
     model, inputs = load_static_model(ctx.model_path)
     data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress)
-    if exp.eval_metric == "accuracy" and data.labels is None:
+    if exp.eval_metric in ("accuracy", "f1", "recall") and data.labels is None:
         raise InputError(
-            f"eval metric 'accuracy' needs labels: add an integer 'label' key to every .npz file in "
+            f"eval metric '{exp.eval_metric}' needs labels: add an integer 'label' key to every .npz file in "
             f"'{ctx.data_path}', or use --eval-metric fidelity"
         )
     split = split_samples(
         data,
         holdout_fraction=float(settings["holdout_fraction"]),
-        max_holdout=int(settings["max_holdout_samples"]),
-        calibration_samples=int(settings["calibration_samples"]),
+        max_holdout=exp.val_samples or int(settings["max_holdout_samples"]),
+        calibration_samples=exp.train_samples or int(settings["calibration_samples"]),
     )
     use_labels = split.holdout_labels is not None and exp.eval_metric != "fidelity"
     notes: list[str] = list(split.notes)
@@ -146,13 +180,16 @@ def run(ctx: RunContext) -> Report:
     tel.progress(0.05)
 
     baseline_path = Path(ctx.model_path)
-    mode = "baseline" if baseline_only else ("unstructured" if target > 0 else "quantization-only")
+    pruned_mode = "channels" if channels else "unstructured"
+    mode = "baseline" if baseline_only else (pruned_mode if target > 0 else "quantization-only")
+    channel_info: dict[str, Any] | None = None
     candidates: list[CandidateRecord] = []
     pruned_layers: list[LayerReport] | None = None
     int8_applied = False
     effective: dict[str, Any] = {
         "optim_level": level,
-        "target_sparsity": target,
+        "structure": exp.structure,
+        ("target_macs_reduction" if channels else "target_sparsity"): target,
         "pruning_method": method if target > 0 else None,
         "quantize": int8,
         "quant_format": fmt if int8 else None,
@@ -177,14 +214,66 @@ def run(ctx: RunContext) -> Report:
         current = baseline_path
 
         # ---- prune -------------------------------------------------------------------------
-        if target > 0:
+        if target > 0 and channels:
+            import onnx
+
+            from ..modifiers.channel_selection import prune_channels
+
+            tel.stage("prune")
+            cres = prune_channels(
+                model,
+                split.calibration,
+                target,
+                round_to=int(settings["round_channels_to"]),
+                max_fraction=float(settings["max_channels_removed"]),
+                show_progress=ctx.show_progress,
+            )
+            current = build / "pruned.onnx"
+            onnx.save(cres.model, str(current))
+            pruned_layers = cres.layers
+            notes.extend(cres.notes)
+            channel_info = {
+                "removed": cres.channels_removed,
+                "total": cres.channels_total,
+                "groups": cres.groups,
+                "macs_before": cres.macs_before,
+                "macs_after": cres.macs_after,
+            }
+            effective["achieved_macs_fraction"] = round(cres.macs_after / max(1, cres.macs_before), 6)
+            effective["channels"] = {**channel_info, "timings_s": cres.timings_s}
+            tel.evaluation("macs_fraction", effective["achieved_macs_fraction"])
+            lap("prune")
+            show = "evaluate pruned" if ctx.show_progress else None
+            pruned_fid = fidelity(base_out, run_onnx(current, split.holdout, progress=show))
+            effective["pruned_fidelity"] = round(fidelity_score(pruned_fid), 6)
+            floor = 1.0 - float(settings["max_channels_fidelity_loss"])
+            if fidelity_score(pruned_fid) < floor:
+                # never hand back a model that lost what channel pruning cost here: keep the
+                # graph's channels and say so (INT8 below still applies)
+                notes.append(
+                    f"channel pruning to {effective['achieved_macs_fraction']:.0%} of the MACs kept only "
+                    f"{fidelity_score(pruned_fid):.1%} fidelity to the baseline (floor {floor:.0%}, "
+                    "max_channels_fidelity_loss), so no channels were removed; lower --optim-level or "
+                    "use training-aware --structure channels, which recovers accuracy by fine-tuning"
+                )
+                current, pruned_layers, channel_info = baseline_path, None, None
+                mode = "quantization-only" if int8 else "baseline"
+                effective["channels_rejected"] = True
+            tel.progress(0.5)
+        elif target > 0:
             import onnx
 
             from ..modifiers.onnx_pruning import prune_onnx
 
             tel.stage("prune")
             result = prune_onnx(
-                model, split.calibration, target, method=method, show_progress=ctx.show_progress
+                model,
+                split.calibration,
+                target,
+                method=method,
+                show_progress=ctx.show_progress,
+                allocation=settings["pruning_allocation"],
+                sensitivity_samples=int(settings["sensitivity_samples"]),
             )
             current = build / "pruned.onnx"
             onnx.save(result.model, str(current))
@@ -228,6 +317,10 @@ def run(ctx: RunContext) -> Report:
         tel.stage("export")
         partial = ctx.work_dir / f".{MODEL_FILE}.partial"
         shutil.copyfile(current, partial)
+        if current != baseline_path:  # keep the input's serving card (preprocessing, class names)
+            from ..model_card import carry_over
+
+            carry_over(baseline_path, partial)
         os.replace(partial, ctx.work_dir / MODEL_FILE)
         final_path = ctx.work_dir / MODEL_FILE
 
@@ -257,12 +350,19 @@ def run(ctx: RunContext) -> Report:
 
     baseline = model_stats(baseline_path).model_copy(update={"accuracy": base_acc, "latency": base_lat})
     optimized = model_stats(final_path).model_copy(update={"accuracy": opt_acc, "latency": opt_lat})
+    if use_labels and exp.eval_metric in ("f1", "recall"):  # macro scores on the held-out labels
+        from ..evaluate import macro_f1, macro_recall
+
+        for stats, outs in ((baseline, base_out), (optimized, opt_out)):
+            stats.f1 = round(macro_f1(outs, split.holdout_labels), 5)
+            stats.recall = round(macro_recall(outs, split.holdout_labels), 5)
+        tel.evaluation(exp.eval_metric, getattr(optimized, exp.eval_metric))
     speedup = round(base_lat.mean_ms / opt_lat.mean_ms, 4) if opt_lat.mean_ms > 0 else None
     if mode != "baseline" and not int8_applied and target == 0:
         notes.append(
             "the returned model equals the baseline: INT8 did not pay off within the fidelity budget"
         )
-    if target > 0:
+    if target > 0 and not channels:
         notes.append(
             f"file size {baseline.file_size_bytes / 1e6:.1f} -> {optimized.file_size_bytes / 1e6:.1f} MB, "
             f"gzip {baseline.compressed_size_bytes / 1e6:.1f} -> "
@@ -287,7 +387,11 @@ def run(ctx: RunContext) -> Report:
         layers=_merge_layers(layer_sparsity(final_path), pruned_layers),
         candidates=candidates,
         speedup_source=_speedup_source(
-            mode, speedup, int8_applied, optimized.sparsity if target > 0 else 0.0
+            mode,
+            speedup,
+            int8_applied,
+            optimized.sparsity if target > 0 and not channels else 0.0,
+            channel_info,
         ),
         notes=notes,
         timings_s=timings,

@@ -139,6 +139,7 @@ def run(ctx: RunContext) -> Report:
         int8=int8,
         cfg=cfg,
         qat_model=qat_model,
+        tokenizer=loaded.tokenizer,
     )
     if result["int8_source"] == "qat":
         model = qat_model  # model.onnx was built from the QAT weights: model.pt holds them too

@@ -35,6 +35,23 @@ def sparsity_for_level(exp_type: ExperimentType, level: float) -> float:
     return round(low + (high - low) * (level - INT8_ONLY_BELOW) / (1.0 - INT8_ONLY_BELOW), 6)
 
 
+# (MACs removed at level 0.3, at level 1.0) for channel pruning, linear in between.
+_MACS_RANGE: dict[ExperimentType, tuple[float, float]] = {
+    ExperimentType.one_shot: (0.30, 0.75),
+    ExperimentType.training_aware: (0.30, 0.75),
+}
+
+
+def macs_reduction_for_level(exp_type: ExperimentType, level: float) -> float:
+    """Fraction of MACs channel pruning removes at an optim level: 0 below 0.3, then linear."""
+    if not 0.0 <= level <= 1.0:
+        raise InputError(f"optim level {level} is outside [0, 1]; pass --optim-level between 0 and 1")
+    if level < INT8_ONLY_BELOW:
+        return 0.0
+    low, high = _MACS_RANGE[exp_type]
+    return round(low + (high - low) * (level - INT8_ONLY_BELOW) / (1.0 - INT8_ONLY_BELOW), 6)
+
+
 def packaged_recipe(name: str) -> dict[str, Any]:
     """The defaults shipped with the runner, e.g. ``packaged_recipe("one_shot")``."""
     return yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8")) or {}

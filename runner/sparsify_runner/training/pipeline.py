@@ -43,6 +43,15 @@ def load_settings(ctx: RunContext, recipe_file: str) -> dict[str, Any]:
 
 
 def inspect_data(ctx: RunContext):
+    from ..data.hf_datasets import inspect_hf, is_saved_dataset, split_data_kwargs
+
+    options, _ = split_data_kwargs(ctx.experiment.train_kwargs)
+    saved = ctx.experiment.use_case != "image-classification" and is_saved_dataset(ctx.data_path)
+    if options and not saved:
+        raise InputError(
+            f"train-kwargs {sorted(options)} select columns/splits of a Hugging Face dataset, but data "
+            f"'{ctx.experiment.data}' is not one (a save_to_disk folder or a hub id); drop them"
+        )
     if ctx.experiment.use_case == "image-classification":
         from ..data.imagefolder import inspect_imagefolder
 
@@ -50,7 +59,8 @@ def inspect_data(ctx: RunContext):
         return splits, splits.classes, splits.train_count
     from ..data.text import inspect_text
 
-    splits = inspect_text(ctx.data_path)
+    # a datasets save_to_disk folder (or a hub id saved so), else csv/jsonl files
+    splits = inspect_hf(ctx.data_path, options, ctx.experiment.seed) if saved else inspect_text(ctx.data_path)
     return splits, splits.classes, len(splits.train_rows)
 
 
@@ -115,6 +125,7 @@ def finalize(
     int8: bool,
     cfg: TrainConfig,
     qat_model: nn.Module | None = None,
+    tokenizer=None,
 ) -> dict[str, Any]:
     """Export, quantize (keeping FP32 when INT8 costs too much accuracy), evaluate, benchmark.
 
@@ -204,6 +215,7 @@ def finalize(
                     c.chosen = True
     shutil.copyfile(chosen, ctx.work_dir / "model.onnx")
     final_onnx = ctx.work_dir / "model.onnx"
+    record_serving_info(ctx, task, final_onnx, tokenizer)
     final_acc = onnx_accuracy(final_onnx)
 
     ctx.telemetry.stage("benchmark")
@@ -219,6 +231,14 @@ def finalize(
     baseline.accuracy, optimized.accuracy = round(base_acc, 5), round(final_acc, 5)
     baseline.latency, optimized.latency = latencies[0], latencies[1]
     ctx.telemetry.evaluation("accuracy", final_acc)
+    if exp.eval_metric in ("f1", "recall"):  # macro scores next to accuracy; the chosen one headlines
+        from ..evaluate import macro_f1, macro_recall
+
+        for stats, path in ((baseline, base_onnx), (optimized, final_onnx)):
+            outs = run_onnx(path, val_samples, batch_size=cfg.eval_batch_size)
+            stats.f1 = round(macro_f1(outs, val_labels, len(task.classes)), 5)
+            stats.recall = round(macro_recall(outs, val_labels, len(task.classes)), 5)
+        ctx.telemetry.evaluation(exp.eval_metric, getattr(optimized, exp.eval_metric))
     shutil.rmtree(build, ignore_errors=True)  # intermediate exports are not results
     return {
         "baseline": baseline,
@@ -230,6 +250,27 @@ def finalize(
         "int8_source": int8_source,
         "fp32_accuracy": fp32_acc,
     }
+
+
+def record_serving_info(ctx: RunContext, task: Task, model_path: Path, tokenizer) -> None:
+    """Store the preprocessing and class names of training in model.onnx (``model_card``),
+    and a text model's tokenizer in ``tokenizer/`` beside it, so ``sparsifyctl serve --task``
+    turns an image or a sentence into exactly the tensors the model was trained on."""
+    from .. import model_card
+
+    use_case = ctx.experiment.use_case
+    if task.kind == "image":
+        from ..data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+
+        size = int(task.settings["image_size"])
+        info = model_card.for_image(
+            use_case, task.classes, size, IMAGENET_MEAN, IMAGENET_STD, input_name=task.input_names[0]
+        )
+    else:
+        info = model_card.for_text(use_case, task.classes, task.input_names, int(task.settings["max_length"]))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(model_path.parent / model_card.TOKENIZER_DIR))
+    model_card.write(model_path, info)
 
 
 def _static_int8(
@@ -321,9 +362,9 @@ def build_report(
         baseline=baseline,
         optimized=optimized,
         speedup=round(speedup, 4) if speedup else None,
-        size_ratio=round(baseline.file_size_bytes / max(1, optimized.file_size_bytes), 4),
+        size_ratio=round(optimized.file_size_bytes / max(1, baseline.file_size_bytes), 4),
         compressed_size_ratio=round(
-            baseline.compressed_size_bytes / max(1, optimized.compressed_size_bytes), 4
+            optimized.compressed_size_bytes / max(1, baseline.compressed_size_bytes), 4
         ),
         layers=(extra_layers or []) + list(result["layers"]),
         candidates=result["candidates"],
@@ -479,13 +520,32 @@ def run_qat_phase(
 
 def common_setup(ctx: RunContext, recipe_file: str):
     """Settings, data, train config: all validated up front."""
+    from ..data.hf_datasets import split_data_kwargs
+
     settings = load_settings(ctx, recipe_file)
-    raw_cfg = parse_train_kwargs(ctx.experiment.train_kwargs)
+    _, train_kwargs = split_data_kwargs(ctx.experiment.train_kwargs)  # data keys: see inspect_data
+    raw_cfg = limit_samples(ctx.experiment, parse_train_kwargs(train_kwargs))
     # recipe errors before any training
     want_qat(settings, True)
     qat_epochs(settings, raw_cfg)
     splits, classes, train_count = inspect_data(ctx)
     return settings, raw_cfg, splits, classes, train_count
+
+
+def limit_samples(exp, cfg: TrainConfig) -> TrainConfig:
+    """``--train-samples`` / ``--val-samples`` are the spec's spelling of max_train/val_samples."""
+    for flag, key, value in (
+        ("--train-samples", "max_train_samples", exp.train_samples),
+        ("--val-samples", "max_val_samples", exp.val_samples),
+    ):
+        if value is None:
+            continue
+        if getattr(cfg, key) not in (0, value):
+            raise InputError(
+                f"{flag} {value} and train-kwargs '{key}' {getattr(cfg, key)} disagree; pass one"
+            )
+        setattr(cfg, key, value)
+    return cfg
 
 
 def load_teacher(ctx: RunContext, classes: list[str]):

@@ -1,0 +1,107 @@
+"""End to end: ``sparsifyctl run one-shot --structure channels`` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+
+from .conftest import FAST, run_cli, run_model
+
+
+def _run(model, data, out, capsys, *extra: str):
+    return run_cli(
+        ["run", "one-shot", "--use-case", "ic", "--model", str(model), "--data", str(data),
+         "--output", str(out), *extra],
+        capsys,
+    )  # fmt: skip
+
+
+def test_channels_one_shot_end_to_end(conv_onnx, calib, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        conv_onnx, calib, out, capsys, "--structure", "channels", "--optim-level", "0.5",
+        "--recipe-args", FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mode"] == "channels"
+    s = rep["settings"]
+    target = s["target_macs_reduction"]
+    assert abs(target - (0.3 + 0.45 * 0.2 / 0.7)) < 1e-6
+    # MACs drop to about the target (channel granularity: a little below is fine)
+    assert 1 - target - 0.12 <= s["achieved_macs_fraction"] <= 1 - target + 1e-6
+    assert s["channels"]["removed"] > 0 and s["channels"]["macs_after"] < s["channels"]["macs_before"]
+    assert rep["optimized"]["flops"] < rep["baseline"]["flops"]
+    assert "channels" in rep["speedup_source"] and "MACs" in rep["speedup_source"]
+    notes = [ly["note"] or "" for ly in rep["layers"]]
+    assert any("kept" in n and "outputs" in n for n in notes)
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model)
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert run_model(out / "model.onnx", x).shape == (1, 10)
+    assert rep["fidelity"]["cosine_similarity"] > 0.5
+
+
+def test_channels_with_int8_off_keeps_fp32(conv_onnx, calib, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = json.loads(FAST) | {"quantize": False}
+    code, _, err = _run(
+        conv_onnx, calib, out, capsys, "--structure", "channels", "--optim-level", "0.8",
+        "--recipe-args", json.dumps(args),
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["mode"] == "channels" and rep["candidates"] == []
+    assert "INT8 was not applied" in rep["speedup_source"]
+    kinds = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QuantizeLinear" not in kinds
+
+
+def test_channels_with_magnitude_is_one_line_exit_2(conv_onnx, calib, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        conv_onnx, calib, out, capsys, "--structure", "channels", "--pruning-method", "magnitude",
+        "--optim-level", "0.5",
+    )  # fmt: skip
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--pruning-method obs" in lines[0]
+    assert not (out / "model.onnx").exists()
+
+
+def test_bad_channel_recipe_key_is_exit_2(conv_onnx, calib, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = _run(
+        conv_onnx, calib, out, capsys, "--structure", "channels", "--optim-level", "0.5",
+        "--recipe-args", '{"max_channels_removed": 1.5}',
+    )  # fmt: skip
+    assert code == 2 and "max_channels_removed" in err
+    assert not (out / "model.onnx").exists()
+
+
+def test_channel_pruning_that_costs_too_much_fidelity_is_not_applied(
+    conv_onnx, calib, tmp_path, capsys, monkeypatch
+):
+    """Pruning that falls below the fidelity floor is rejected, the report says so and the model
+    keeps the baseline's shapes. (The tiny net keeps its top-1 under pruning, so the measured
+    score is lowered by a fixed 0.5 to stand for a network that does not.)"""
+    import sparsify_runner.evaluate as evaluate
+
+    real = evaluate.fidelity_score
+    monkeypatch.setattr(evaluate, "fidelity_score", lambda fid: real(fid) - 0.5)
+    out = tmp_path / "out"
+    args = json.loads(FAST) | {"quantize": False, "max_channels_fidelity_loss": 0.1}
+    code, _, err = _run(
+        conv_onnx, calib, out, capsys, "--structure", "channels", "--optim-level", "0.8",
+        "--recipe-args", json.dumps(args),
+    )  # fmt: skip
+    assert code == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"]["channels_rejected"] is True and rep["settings"]["pruned_fidelity"] < 1.0
+    assert rep["mode"] == "baseline"
+    assert any("no channels were removed" in n for n in rep["notes"])
+    assert rep["optimized"]["flops"] == rep["baseline"]["flops"]
+    shapes = [tuple(i.dims) for i in onnx.load(str(out / "model.onnx")).graph.initializer]
+    assert shapes == [tuple(i.dims) for i in onnx.load(str(conv_onnx)).graph.initializer]
