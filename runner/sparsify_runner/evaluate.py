@@ -21,13 +21,15 @@ def providers(device: str = "cpu") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def make_session(path: Path | str, device: str = "cpu", *, threads: int = 0):
+def make_session(path: Path | str, device: str = "cpu", *, threads: int = 0, optimize: bool = True):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device))
 
 

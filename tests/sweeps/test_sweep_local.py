@@ -78,9 +78,9 @@ def test_three_points_then_resume_reruns_nothing(tiny_onnx, samples, tmp_path, c
 
 def test_failed_points_are_recorded_not_raised(tiny_onnx, samples, tmp_path, capsys):
     out = tmp_path / "sweep"
-    # channels is not available for one-shot on ONNX: those points fail, the sweep does not
+    # channel pruning has no magnitude variant: those points fail (exit 2), the sweep does not
     code, stdout, stderr = _sweep(tiny_onnx, samples, out, capsys, "--optim-levels", "0.2",
-                                  "--structure", "unstructured,channels")
+                                  "--structure", "unstructured,channels", "--pruning-method", "magnitude")
     assert code == 0, stderr
     result = json.loads((out / "sweep.json").read_text())
     ok, bad = result["points"]
@@ -94,7 +94,7 @@ def test_failed_points_are_recorded_not_raised(tiny_onnx, samples, tmp_path, cap
 def test_all_points_failing_fails_with_exit_2(tiny_onnx, samples, tmp_path, capsys):
     out = tmp_path / "sweep"
     code, stdout, stderr = _sweep(tiny_onnx, samples, out, capsys, "--optim-levels", "0.2,0.5",
-                                  "--structures", "channels")
+                                  "--structures", "channels", "--pruning-method", "magnitude")
     assert code == 2
     assert "error: all 2 points failed" in stderr
     assert json.loads((out / "sweep.json").read_text())["phase"] == "Failed"

@@ -12,12 +12,15 @@ sequential pass costs about one forward pass plus one session per wave.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+log = logging.getLogger("sparsify.capture")
 
 
 def _subgraph_refs(graph: onnx.GraphProto) -> set[str]:
@@ -48,6 +51,20 @@ def session_options(threads: int) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return so
+
+
+def segment_session(model_bytes: bytes, threads: int) -> ort.InferenceSession:
+    """A session for one segment. onnxruntime's graph rewrites can fail on a segment cut from
+    a pre-processed transformer graph ("Attempt to replace the existing tensor" while
+    initializing); the segment is then run as written, without rewrites (slower, same values)."""
+    providers = ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(model_bytes, session_options(threads), providers=providers)
+    except Exception as err:  # onnxruntime's pybind errors derive from Exception only
+        log.info("segment session without graph optimizations (%s)", str(err).splitlines()[0][:160])
+        plain = session_options(threads)
+        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return ort.InferenceSession(model_bytes, plain, providers=providers)
 
 
 class SegmentedRunner:
@@ -133,9 +150,7 @@ class SegmentedRunner:
                 graph, opset_imports=list(self.model.opset_import), ir_version=self.model.ir_version
             )
             sub.functions.extend(self.model.functions)
-            session = ort.InferenceSession(
-                sub.SerializeToString(), session_options(self.threads), providers=["CPUExecutionProvider"]
-            )
+            session = segment_session(sub.SerializeToString(), self.threads)
             self.sessions_built += 1
         for s, values in enumerate(self.cache):
             new = {n: values[n] for n in keep_old}

@@ -52,7 +52,8 @@ def _probe_session(model: onnx.ModelProto, weight_names: list[str], threads: int
     with tempfile.TemporaryDirectory(prefix="sparsify-sensitivity-") as tmp:
         path = Path(tmp) / "probe.onnx"
         onnx.save(probe, str(path))
-        return make_session(path, threads=threads)
+        # no graph rewrites: optimizers that fold or fuse weights trip over overridable ones
+        return make_session(path, threads=threads, optimize=False)
 
 
 def _outputs(session, batches: list[dict[str, np.ndarray]], weights: dict[str, np.ndarray]) -> np.ndarray:
