@@ -91,7 +91,10 @@ def test_int8_equalization_can_be_switched_off(tiny_onnx, samples, tmp_path, cap
 
 def test_level_05_prunes_and_reports_layers(tiny_onnx, samples, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, stderr = _run(tiny_onnx, samples, out, 0.5, capsys, "--pruning-method", "magnitude")
+    code, stdout, stderr = _run(
+        tiny_onnx, samples, out, 0.5, capsys, "--pruning-method", "magnitude",
+        "--recipe-args", '{"pruning_allocation": "sensitivity"}',
+    )  # fmt: skip
     assert code == 0, stderr
     rep = _report(out)
     assert rep["mode"] == "unstructured"
@@ -101,7 +104,7 @@ def test_level_05_prunes_and_reports_layers(tiny_onnx, samples, tmp_path, capsys
     assert any(ly["sparsity"] > 0 for ly in rep["layers"])
     assert "unstructured sparsity" in rep["speedup_source"] and "no speed" in rep["speedup_source"]
     assert any("compressed size" in n for n in rep["notes"])
-    assert any("allocated by measured sensitivity" in n for n in rep["notes"])  # the default
+    assert any("allocated by measured sensitivity" in n for n in rep["notes"])
     assert rep["fidelity"]["samples"] == 8 and 0 <= rep["fidelity"]["cosine_similarity"] <= 1.0001
     from sparsify_runner.evaluate import run_onnx
 
