@@ -350,12 +350,8 @@ class Sources:
                     model=((obj.get("spec") or {}).get("experiment") or {}).get("model"),
                 )
             )
-        list_sweeps = getattr(kube, "list_sweeps", None)
-        if list_sweeps is None:
-            problems.append("cluster sweeps are not available: kube.list_sweeps is not installed")
-            return out
         try:
-            sweeps = list_sweeps(ns)
+            sweeps = kube.list_sweeps(ns)
         except Exception as err:
             problems.append(f"cannot list sweeps in namespace '{ns}': {_one_line(err)}")
             sweeps = []
