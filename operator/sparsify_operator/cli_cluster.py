@@ -17,14 +17,13 @@ from typing import Any
 
 import typer
 import yaml
-from pydantic import ValidationError
 from sparsify_runner.errors import InputError
 
 from . import crd as crd_mod
 from . import jobs
 from .cli import app
 from .experiment_options import build_experiment, with_experiment_options
-from .models import API_VERSION, KIND, TERMINAL_PHASES, SparsifyExperimentSpec
+from .models import API_VERSION, KIND, TERMINAL_PHASES
 
 _NS = typer.Option(None, "--namespace", "-n", help="Namespace (default: the kube context's).")
 _CTX = typer.Option(None, "--context", help="Kube context (default: current).")
@@ -55,13 +54,6 @@ def _fail(message: str) -> None:
 def _dns_name(text: str) -> str:
     name = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return name[:63].rstrip("-") or "experiment"
-
-
-def _spec_error(err: ValidationError, prefix: str = "spec") -> str:
-    first = err.errors()[0]
-    path = ".".join([prefix, *(str(p) for p in first["loc"])])
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"invalid field '{path}': {msg}"
 
 
 def _read_quantity(flag: str, value: str | None) -> str | None:
@@ -119,10 +111,6 @@ def build_manifest(experiment_type: str, flags: dict[str, Any], **opts: Any) -> 
         spec["runPolicy"] = run_policy
     if opts.get("suspend"):
         spec["suspend"] = True
-    try:
-        SparsifyExperimentSpec.model_validate(spec)
-    except ValidationError as err:
-        raise InputError(_spec_error(err)) from None
     metadata: dict[str, Any] = {"name": meta_name}
     if opts.get("namespace"):
         metadata["namespace"] = opts["namespace"]
@@ -391,11 +379,7 @@ def _load_manifests(files: list[str]) -> list[dict[str, Any]]:
             if not name:
                 _fail(f"'{source}': metadata.name is missing")
             try:
-                SparsifyExperimentSpec.model_validate(doc.get("spec") or {})
-            except ValidationError as err:
-                _fail(f"'{source}' ({name}): {_spec_error(err)}")
-            try:
-                jobs.validate_spec(doc)
+                jobs.validate_spec(doc)  # the operator's own check: schema, then runnable in a cluster
             except jobs.SpecError as err:
                 _fail(f"'{source}' ({name}): {err}")
             docs.append(doc)

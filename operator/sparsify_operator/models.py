@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from sparsify_runner.contract import RunResults
 from sparsify_runner.spec import Experiment
 
 GROUP = "sparsify.dev"
@@ -123,24 +124,11 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class Results(_Model):
+class Results(RunResults):
     """Headline numbers from the runner's termination message (full details in the report)."""
 
-    model_uri: str | None = None
-    report_uri: str | None = None
-    serving_uri: str | None = Field(
-        None, description="The result's Triton model repository: a KServe InferenceService's storageUri."
-    )
-    mode: str | None = None
-    baseline_accuracy: float | None = None
-    optimized_accuracy: float | None = None
-    fidelity: float | None = None
-    baseline_latency_ms: float | None = None
-    optimized_latency_ms: float | None = None
-    baseline_size_bytes: int | None = None
-    optimized_size_bytes: int | None = None
-    sparsity: float | None = None
-    speedup: float | None = None
+    # the runner's RunResults contract, as strict as every other part of the CR
+    model_config = _Model.model_config
 
 
 class SparsifyExperimentStatus(_Model):
@@ -162,8 +150,3 @@ class SparsifyExperiment(_Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: SparsifyExperimentSpec
     status: SparsifyExperimentStatus | None = None
-
-
-def parse_spec(spec: dict[str, Any]) -> SparsifyExperimentSpec:
-    """Validate a CR's ``spec``; pydantic's ValidationError propagates (see ``validation``)."""
-    return SparsifyExperimentSpec.model_validate(spec)

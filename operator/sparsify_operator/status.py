@@ -227,9 +227,8 @@ def _tail(text: str | None) -> str:
 
 
 def results_from(summary: RunSummary) -> dict[str, Any]:
-    data = summary.model_dump(exclude_none=True)
-    fields = {k: v for k, v in data.items() if k in Results.model_fields}
-    return Results.model_validate(fields).model_dump(by_alias=True, exclude_none=True)
+    results = Results.model_validate(summary.model_dump(include=set(Results.model_fields)))
+    return results.model_dump(by_alias=True, exclude_none=True)
 
 
 def map_job_status(

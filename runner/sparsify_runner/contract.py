@@ -12,25 +12,24 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 TERMINATION_LOG_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
 
-class RunSummary(BaseModel):
-    """What the operator needs to know about a finished run."""
+class RunResults(BaseModel):
+    """The headline results of a run: the summary's result part, and the experiment's
+    ``status.results`` (the operator's ``Results`` is this model; full details are in the report)."""
 
     model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel, extra="ignore")
 
-    status: Literal["succeeded", "failed"]
-    exit_code: int = 0
-    reason: str | None = None  # InvalidInput / TransientFailure / Preempted / InternalError
-    error: str | None = None
     model_uri: str | None = None
     report_uri: str | None = None
-    serving_uri: str | None = None  # Triton model repository: a KServe InferenceService's storageUri
+    serving_uri: str | None = Field(
+        None, description="The result's Triton model repository: a KServe InferenceService's storageUri."
+    )
     mode: str | None = None  # unstructured / channels / quantization-only / baseline
     baseline_accuracy: float | None = None
     optimized_accuracy: float | None = None
@@ -41,6 +40,15 @@ class RunSummary(BaseModel):
     optimized_size_bytes: int | None = None
     sparsity: float | None = None
     speedup: float | None = None
+
+
+class RunSummary(RunResults):
+    """What the operator needs to know about a finished run."""
+
+    status: Literal["succeeded", "failed"]
+    exit_code: int = 0
+    reason: str | None = None  # InvalidInput / TransientFailure / Preempted / InternalError
+    error: str | None = None
 
     def to_message(self) -> str:
         """Compact JSON that always fits the 4 KiB limit (the error text is cut first)."""

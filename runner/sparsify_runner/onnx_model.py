@@ -101,7 +101,3 @@ def load_static_model(path: Path) -> tuple[onnx.ModelProto, list[InputSpec]]:
     """Load + validate a one-shot input model: ONNX, checkable, static input shapes."""
     model = load_onnx(path)
     return model, model_inputs(model, path)
-
-
-def output_names(model: onnx.ModelProto) -> list[str]:
-    return [o.name for o in model.graph.output]

@@ -40,25 +40,26 @@ def test_training_aware_mapping_and_bounds():
 
 # ---- recipes ---------------------------------------------------------------------------
 def test_recipe_layers_file_then_args(tmp_path):
-    from sparsify_runner.recipes import load_recipe, packaged_recipe
+    from sparsify_runner.recipes import OneShotRecipe, load_recipe, packaged_recipe
 
-    defaults = packaged_recipe("one_shot")
+    defaults = packaged_recipe(ExperimentType.one_shot)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("sparsity: 0.5\ncalibration_samples: 32\n")
-    out = load_recipe(defaults, _exp(recipe_args={"sparsity": 0.6}), recipe)
-    assert out["sparsity"] == 0.6 and out["calibration_samples"] == 32
-    assert out["benchmark_seconds"] == defaults["benchmark_seconds"]
+    out = load_recipe(_exp(recipe_args={"sparsity": 0.6}), recipe)
+    assert isinstance(out, OneShotRecipe)
+    assert out.sparsity == 0.6 and out.calibration_samples == 32
+    assert out.benchmark_seconds == defaults["benchmark_seconds"]
 
 
 def test_recipe_unknown_keys_named(tmp_path):
-    from sparsify_runner.recipes import load_recipe, packaged_recipe
+    from sparsify_runner.recipes import load_recipe
 
-    with pytest.raises(InputError, match="'sparsityy'"):
-        load_recipe(packaged_recipe("one_shot"), _exp(recipe_args={"sparsityy": 0.5}), None)
+    with pytest.raises(InputError, match="'sparsityy' in --recipe-args"):
+        load_recipe(_exp(recipe_args={"sparsityy": 0.5}), None)
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a list\n")
     with pytest.raises(InputError, match="mapping"):
-        load_recipe(packaged_recipe("one_shot"), _exp(), bad)
+        load_recipe(_exp(), bad)
 
 
 # ---- npz ----------------------------------------------------------------------------------

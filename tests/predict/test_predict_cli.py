@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from sparsify_runner.modifiers.structured import macs_reduction_for_level
 from sparsify_runner.predict import Prediction
-from sparsify_runner.recipes import sparsity_for_level
+from sparsify_runner.recipes import macs_reduction_for_level, sparsity_for_level
 from sparsify_runner.spec import ExperimentType
 
 from .conftest import FAST, predict_json, run_cli
@@ -53,7 +52,8 @@ def test_policy_invariants(which, request):
             if p.sparsity:
                 assert "x1.0" in p.assumptions
         else:
-            assert p.macs_reduction == pytest.approx(macs_reduction_for_level(p.optim_level), abs=1e-4)
+            expected = macs_reduction_for_level(ExperimentType.one_shot, p.optim_level)
+            assert p.macs_reduction == pytest.approx(expected, abs=1e-4)
             assert p.predicted_speedup >= pred.point(p.optim_level, "unstructured").predicted_speedup
             if p.optim_level >= 0.3:
                 assert "training-aware" in p.pathways and "sparse-transfer" not in p.pathways

@@ -254,5 +254,5 @@ def test_qat_can_be_switched_off_and_bad_values_are_refused(
     bad = tmp_path / "bad"
     proc = _run(image_data, cnn_checkpoint, bad, "0.5", {"qat": "sometimes"})
     assert proc.returncode == 2
-    assert "recipe 'qat' must be auto, true or false" in proc.stderr
+    assert "recipe setting 'qat' must be auto, true or false, got 'sometimes'" in proc.stderr
     assert not bad.exists() or not any(bad.iterdir())

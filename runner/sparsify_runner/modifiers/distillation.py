@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Event, Modifier
+
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     t = temperature
@@ -24,27 +26,20 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     )
 
 
-class DistillationModifier:
+class DistillationModifier(Modifier):
     def __init__(self, teacher: nn.Module, *, weight: float = 0.5, temperature: float = 2.0) -> None:
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.weight, self.temperature = weight, temperature
 
-    def on_train_start(self, trainer) -> None:
+    def initialize(self, trainer) -> None:
         self.teacher.to(trainer.device)
 
-    def loss(
-        self,
-        trainer,
-        logits: torch.Tensor,
-        inputs: dict[str, torch.Tensor],
-        labels: torch.Tensor,
-        task_loss: torch.Tensor,
-    ) -> torch.Tensor:
+    def on_event(self, trainer, event: Event, **payload: Any) -> Any:
+        if event is not Event.loss:
+            return None
         with torch.no_grad():
-            teacher_logits = trainer.task.forward(self.teacher, inputs).float()
-        return (1 - self.weight) * task_loss + self.weight * kd_loss(logits, teacher_logits, self.temperature)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+            teacher_logits = trainer.task.forward(self.teacher, payload["inputs"]).float()
+        kd = kd_loss(payload["logits"], teacher_logits, self.temperature)
+        return (1 - self.weight) * payload["loss"] + self.weight * kd

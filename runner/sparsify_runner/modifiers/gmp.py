@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .base import Event, Modifier
 from .masks import MaskSet
 
 
@@ -25,7 +26,7 @@ def cubic_sparsity(step: int, start: int, end: int, init: float, final: float) -
     return final + (init - final) * (1.0 - frac) ** 3
 
 
-class GMPModifier:
+class GMPModifier(Modifier):
     def __init__(
         self,
         masks: MaskSet,
@@ -44,16 +45,21 @@ class GMPModifier:
     def target(self, step: int) -> float:
         return cubic_sparsity(step, self.start, self.end, self.init, self.final)
 
-    def on_train_start(self, trainer) -> None:
+    def initialize(self, trainer) -> None:
         self.masks.rebind(trainer.bare_model)
         self.masks.apply()
 
-    def before_step(self, trainer) -> bool:
-        step = trainer.step
-        due = step >= self.start and (step - self.start) % self.every == 0 and step <= self.end
-        if due or (step >= self.end and self.current < self.final):
-            self._update(self.target(step))
-        return False
+    def on_event(self, trainer, event: Event, **payload: Any) -> Any:
+        if event is Event.batch_start:
+            step = trainer.step
+            due = step >= self.start and (step - self.start) % self.every == 0 and step <= self.end
+            if due or (step >= self.end and self.current < self.final):
+                self._update(self.target(step))
+        elif event is Event.after_backward:
+            self.masks.zero_grads()
+        elif event is Event.optimizer_step:
+            self.masks.apply()
+        return None
 
     @torch.no_grad()
     def _update(self, sparsity: float) -> None:
@@ -66,12 +72,6 @@ class GMPModifier:
             self.masks.masks[name] = weight.abs() > threshold
         self.masks.apply()
         self.current = sparsity
-
-    def after_backward(self, trainer) -> None:
-        self.masks.zero_grads()
-
-    def after_optimizer_step(self, trainer) -> None:
-        self.masks.apply()
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": self.masks.state_dict(), "current": self.current}

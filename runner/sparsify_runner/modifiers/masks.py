@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .base import Event, Modifier
+
 
 def prunable_weights(
     model: nn.Module, *, min_params: int = 0, exclude: tuple[str, ...] = ()
@@ -54,9 +56,6 @@ class MaskSet:
     def rebind(self, model: nn.Module) -> None:
         self.model = model
 
-    def to(self, device: torch.device) -> None:
-        self.masks = {n: m.to(device) for n, m in self.masks.items()}
-
     @torch.no_grad()
     def apply(self) -> None:
         for n, mask in self.masks.items():
@@ -75,9 +74,6 @@ class MaskSet:
         total = sum(m.numel() for m in self.masks.values())
         return 1.0 - sum(int(m.sum()) for m in self.masks.values()) / max(1, total)
 
-    def layer_sparsity(self) -> dict[str, float]:
-        return {n: 1.0 - float(m.float().mean()) for n, m in self.masks.items()}
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: m.cpu() for n, m in self.masks.items()}
 
@@ -85,21 +81,22 @@ class MaskSet:
         self.masks = {n: state[n].bool() for n in self.names if n in state}
 
 
-class FixedMasks:
+class FixedMasks(Modifier):
     """Training modifier: hold the masks fixed (sparse-transfer)."""
 
     def __init__(self, masks: MaskSet) -> None:
         self.masks = masks
 
-    def on_train_start(self, trainer) -> None:
+    def initialize(self, trainer) -> None:
         self.masks.rebind(trainer.bare_model)
         self.masks.apply()
 
-    def after_backward(self, trainer) -> None:
-        self.masks.zero_grads()
-
-    def after_optimizer_step(self, trainer) -> None:
-        self.masks.apply()
+    def on_event(self, trainer, event: Event, **payload: Any) -> Any:
+        if event is Event.after_backward:
+            self.masks.zero_grads()
+        elif event is Event.optimizer_step:
+            self.masks.apply()
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"masks": self.masks.state_dict()}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import helper
 
 log = logging.getLogger("sparsify.capture")
 
@@ -177,10 +177,6 @@ def write_back_initializers(model: onnx.ModelProto, inits: dict[str, onnx.Tensor
     for i, tensor in enumerate(model.graph.initializer):
         if inits.get(tensor.name) is not tensor:
             model.graph.initializer[i].CopyFrom(inits[tensor.name])
-
-
-def replace_initializer(inits: dict[str, onnx.TensorProto], name: str, array: np.ndarray) -> None:
-    inits[name] = numpy_helper.from_array(array, name)
 
 
 def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

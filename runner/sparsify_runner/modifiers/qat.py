@@ -19,7 +19,7 @@ folded model onnxruntime runs.
 
 The simulation is installed by shadowing each layer's ``forward`` on the instance: the
 parameters and state dict keep their names (masks, checkpoints and ONNX export are
-unaffected), and :meth:`FakeQuantModifier.remove` restores the plain layers before export.
+unaffected), and ``finalize`` (:meth:`FakeQuantModifier.remove`) restores the plain layers.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .base import Modifier, ModifierResult
 
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -92,7 +94,7 @@ def _simulated_forward(
     return forward
 
 
-class FakeQuantModifier:
+class FakeQuantModifier(Modifier):
     """Training modifier: INT8 simulation on every Conv/Linear of the trained model."""
 
     def __init__(self, *, weight_bits: int = 8, reduce_range: bool = False, momentum: float = 0.1) -> None:
@@ -104,8 +106,14 @@ class FakeQuantModifier:
         self._pending: dict[str, Any] | None = None
         self._installed: list[tuple[nn.Module, Any]] = []
 
-    def on_train_start(self, trainer) -> None:
+    def initialize(self, trainer) -> None:
         self.install(trainer.bare_model)
+
+    def finalize(self, trainer) -> ModifierResult:
+        """Plain layers again: the exported model carries the trained weights, and onnxruntime's
+        quantizer (not this simulation) builds the INT8 graph."""
+        self.remove()
+        return ModifierResult()
 
     def install(self, model: nn.Module) -> None:
         """Simulate INT8 on every Conv/Linear input and weight, and on the output of the last

@@ -17,14 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .base import Event, Modifier
+
 log = logging.getLogger("sparsify.training")
-
-
-def macs_reduction_for_level(level: float, lo: float = 0.3, hi: float = 0.75) -> float:
-    """Fraction of MACs removed: ``lo`` at optim level 0.3 to ``hi`` at 1.0 (0 below 0.3)."""
-    if level < 0.3:
-        return 0.0
-    return lo + (hi - lo) * (min(level, 1.0) - 0.3) / 0.7
 
 
 def count_macs(model: nn.Module, example_inputs: dict[str, torch.Tensor]) -> int:
@@ -53,7 +48,7 @@ class _Positional(nn.Module):
         return self.model(**dict(zip(self.names, args, strict=True))).logits
 
 
-class StructuredPruner:
+class StructuredPruner(Modifier):
     """Training modifier: structured pruning events at scheduled steps."""
 
     def __init__(
@@ -94,10 +89,12 @@ class StructuredPruner:
         frac = event / self.events
         return 1.0 - self.reduction * (1.0 - (1.0 - frac) ** 3)
 
-    def on_train_start(self, trainer) -> None:
+    def initialize(self, trainer) -> None:
         self.model = trainer.bare_model
 
-    def before_step(self, trainer) -> bool:
+    def on_event(self, trainer, event: Event, **payload: Any) -> Any:
+        if event is not Event.batch_start:
+            return None
         changed = False
         while self.done_events < self.events and trainer.step >= self.schedule[self.done_events]:
             self.done_events += 1

@@ -1,8 +1,9 @@
 """One-shot pathway: an ONNX model + .npz calibration samples -> pruned and/or INT8 model.onnx.
 
 validate everything (recipe, model, samples) before any work -> baseline outputs on the
-held-out samples -> prune (optim level >= 0.3) -> INT8 (optim level > 0, chosen by
-measurement) -> evaluate on held-out samples -> benchmark baseline vs optimized -> Report.
+held-out samples -> the recipe's modifiers (``modifiers.one_shot.plan``: pruning at optim
+level >= 0.3, INT8 chosen by measurement at level > 0) -> evaluate on held-out samples ->
+benchmark baseline vs optimized -> Report.
 """
 
 from __future__ import annotations
@@ -16,83 +17,11 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import InputError
-from ..report import CandidateRecord, LayerReport, Report
+from ..report import LayerReport, Report
 from ..spec import ExperimentType
+from ..speedup import ChannelCounts, explain_speedup
 
 MODEL_FILE = "model.onnx"
-
-
-def _check_settings(s: dict[str, Any]) -> None:
-    def bad(key: str, want: str) -> InputError:
-        return InputError(
-            f"recipe setting '{key}' must be {want}, got {s[key]!r}; fix --recipe / --recipe-args"
-        )
-
-    sp = s["sparsity"]
-    if sp is not None and (isinstance(sp, bool) or not isinstance(sp, int | float) or not 0.0 <= sp < 1.0):
-        raise bad("sparsity", "null or a number in [0, 1)")
-    if s["pruning_method"] not in (None, "obs", "magnitude"):
-        raise bad("pruning_method", "null, obs or magnitude")
-    if s["pruning_allocation"] not in ("erk", "sensitivity"):
-        raise bad("pruning_allocation", "erk or sensitivity")
-    if s["quantize"] not in ("auto", True, False):
-        raise bad("quantize", "auto, true or false")
-    if not isinstance(s["int8_equalization"], bool):
-        raise bad("int8_equalization", "true or false")
-    if s["quant_format"] not in (None, "auto", "qdq", "qoperator"):
-        raise bad("quant_format", "null, auto, qdq or qoperator")
-    loss = s["max_int8_fidelity_loss"]
-    if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0.0 <= loss <= 1.0:
-        raise bad("max_int8_fidelity_loss", "a number in [0, 1]")
-    for key in ("calibration_samples", "max_holdout_samples", "sensitivity_samples"):
-        if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
-            raise bad(key, "a positive integer")
-    hf = s["holdout_fraction"]
-    if isinstance(hf, bool) or not isinstance(hf, int | float) or not 0.0 < hf < 1.0:
-        raise bad("holdout_fraction", "a number in (0, 1)")
-    mr = s["macs_reduction"]
-    if mr is not None and (isinstance(mr, bool) or not isinstance(mr, int | float) or not 0.0 <= mr < 1.0):
-        raise bad("macs_reduction", "null or a number in [0, 1)")
-    rt = s["round_channels_to"]
-    if isinstance(rt, bool) or not isinstance(rt, int) or rt < 1:
-        raise bad("round_channels_to", "a positive integer")
-    fl = s["max_channels_fidelity_loss"]
-    if isinstance(fl, bool) or not isinstance(fl, int | float) or not 0.0 <= fl <= 1.0:
-        raise bad("max_channels_fidelity_loss", "a number in [0, 1]")
-    mx = s["max_channels_removed"]
-    if isinstance(mx, bool) or not isinstance(mx, int | float) or not 0.0 < mx < 1.0:
-        raise bad("max_channels_removed", "a number in (0, 1)")
-    for key in ("benchmark_seconds", "int8_candidate_seconds", "int8_search_seconds"):
-        if isinstance(s[key], bool) or not isinstance(s[key], int | float) or s[key] <= 0:
-            raise bad(key, "a positive number")
-
-
-def _speedup_source(
-    mode: str, speedup: float | None, int8: bool, sparsity: float, channels: dict | None = None
-) -> str:
-    sp = f"{speedup:.2f}x" if speedup else "no measurable change"
-    if mode == "baseline":
-        return "optim level 0: the baseline model is returned unchanged, so there is no speedup"
-    parts = []
-    if channels:
-        before, after = channels["macs_before"], channels["macs_after"]
-        parts.append(
-            f"measured speedup {sp} comes from removing {channels['removed']} of {channels['total']} "
-            f"removable channels ({channels['groups']} layer groups): MACs {before / 1e6:.1f}M "
-            f"-> {after / 1e6:.1f}M ({after / max(1, before):.1%} kept), fewer FLOPs on any runtime"
-            + ("; plus INT8 quantization (onnxruntime integer kernels)" if int8 else "; INT8 was not applied")
-        )
-        return "; ".join(parts)
-    if int8:
-        parts.append(f"measured speedup {sp} comes from INT8 quantization (onnxruntime integer kernels)")
-    else:
-        parts.append(f"measured speedup {sp}: INT8 was not applied, so no speedup is expected")
-    if sparsity > 0:
-        parts.append(
-            f"the {sparsity:.0%} unstructured sparsity makes the model smaller once compressed, but "
-            "onnxruntime runs sparse weights as dense, so it contributes no speed"
-        )
-    return "; ".join(parts)
 
 
 def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) -> list[LayerReport]:
@@ -109,10 +38,12 @@ def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) ->
 def run(ctx: RunContext) -> Report:
     from ..benchmark import measure_latency
     from ..data.npz import load_npz_folder, split_samples
-    from ..evaluate import accuracy, fidelity, fidelity_score, run_onnx
+    from ..evaluate import accuracy, fidelity, fidelity_score
     from ..modelstats import layer_sparsity, model_stats
+    from ..modifiers.base import ModifierResult
+    from ..modifiers.one_shot import OneShotState, plan
     from ..onnx_model import load_static_model
-    from ..recipes import load_recipe, packaged_recipe, sparsity_for_level
+    from ..recipes import int8_wanted, load_recipe, macs_reduction_for_level, sparsity_for_level
 
     exp = ctx.experiment
     tel = ctx.telemetry
@@ -127,10 +58,10 @@ def run(ctx: RunContext) -> Report:
 
     # ---- validate everything before any work ------------------------------------------
     tel.stage("load")
-    settings = load_recipe(packaged_recipe("one_shot"), exp, ctx.recipe_path)
-    _check_settings(settings)
+    recipe = load_recipe(exp, ctx.recipe_path)
     channels = exp.structure == "channels"
-    if channels and (settings["pruning_method"] or exp.pruning_method) != "obs":
+    method = recipe.pruning_method or exp.pruning_method
+    if channels and method != "obs":
         raise InputError(
             "--structure channels selects channels with the calibration Hessian (structured OBS) and has "
             "no magnitude variant; use --pruning-method obs (the default) or --structure unstructured"
@@ -143,23 +74,16 @@ def run(ctx: RunContext) -> Report:
     if ctx.model_path is None:
         raise InputError("one-shot needs an ONNX model; pass --model MODEL.onnx")
     level = float(exp.optim_level)
-    target = (
-        float(settings["sparsity"])
-        if settings["sparsity"] is not None
-        else sparsity_for_level(ExperimentType.one_shot, level)
-    )
-    if level == 0.0 and settings["sparsity"] is None:
-        target = 0.0
     if channels:  # channels: the optim level sets a MAC reduction instead of a weight sparsity
-        from ..recipes import macs_reduction_for_level
-
-        mr = settings["macs_reduction"]
-        target = float(mr) if mr is not None else macs_reduction_for_level(ExperimentType.one_shot, level)
-    int8 = level > 0 if settings["quantize"] == "auto" else bool(settings["quantize"])
-    method = settings["pruning_method"] or exp.pruning_method
-    fmt = settings["quant_format"] or exp.deploy.quant_format
+        mr = recipe.macs_reduction
+        target = mr if mr is not None else macs_reduction_for_level(ExperimentType.one_shot, level)
+    else:
+        sp = recipe.sparsity
+        target = sp if sp is not None else sparsity_for_level(ExperimentType.one_shot, level)
+    int8 = int8_wanted(recipe.quantize, level)
+    fmt = recipe.quant_format or exp.deploy.quant_format
     fmt = "qdq" if fmt == "auto" else fmt
-    baseline_only = target == 0.0 and not int8
+    modifiers = plan(recipe, target=target, channels=channels, method=method, int8=int8, quant_format=fmt)
 
     model, inputs = load_static_model(ctx.model_path)
     data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress)
@@ -170,9 +94,9 @@ def run(ctx: RunContext) -> Report:
         )
     split = split_samples(
         data,
-        holdout_fraction=float(settings["holdout_fraction"]),
-        max_holdout=exp.val_samples or int(settings["max_holdout_samples"]),
-        calibration_samples=exp.train_samples or int(settings["calibration_samples"]),
+        holdout_fraction=recipe.holdout_fraction,
+        max_holdout=exp.val_samples or recipe.max_holdout_samples,
+        calibration_samples=exp.train_samples or recipe.calibration_samples,
     )
     use_labels = split.holdout_labels is not None and exp.eval_metric != "fidelity"
     notes: list[str] = list(split.notes)
@@ -180,12 +104,10 @@ def run(ctx: RunContext) -> Report:
     tel.progress(0.05)
 
     baseline_path = Path(ctx.model_path)
-    pruned_mode = "channels" if channels else "unstructured"
-    mode = "baseline" if baseline_only else (pruned_mode if target > 0 else "quantization-only")
-    channel_info: dict[str, Any] | None = None
-    candidates: list[CandidateRecord] = []
-    pruned_layers: list[LayerReport] | None = None
-    int8_applied = False
+    if not modifiers:
+        mode = "baseline"
+    else:
+        mode = ("channels" if channels else "unstructured") if target > 0 else "quantization-only"
     effective: dict[str, Any] = {
         "optim_level": level,
         "structure": exp.structure,
@@ -197,137 +119,64 @@ def run(ctx: RunContext) -> Report:
         "holdout_samples": len(split.holdout),
         "holdout_disjoint": split.disjoint,
         "labels": data.labels is not None,
-        "recipe": settings,
+        "recipe": recipe.settings(),
     }
 
     with tempfile.TemporaryDirectory(prefix="sparsify-oneshot-") as build_name:
-        build = Path(build_name)
         # ---- baseline --------------------------------------------------------------------
         tel.stage("baseline")
-        show = "evaluate baseline" if ctx.show_progress else None
-        base_out = run_onnx(baseline_path, split.holdout, progress=show)
+        state = OneShotState(
+            baseline=baseline_path,
+            current=baseline_path,
+            build=Path(build_name),
+            calibration=split.calibration,
+            holdout=split.holdout,
+            baseline_outputs=[],
+            model=model,
+            show_progress=ctx.show_progress,
+            telemetry=tel,
+        )
+        base_out = state.baseline_outputs = state.holdout_outputs(baseline_path, "baseline")
         base_acc = accuracy(base_out, split.holdout_labels) if use_labels else None
         if base_acc is not None:
             tel.evaluation("baseline_accuracy", base_acc)
         lap("baseline")
         tel.progress(0.1)
-        current = baseline_path
 
-        # ---- prune -------------------------------------------------------------------------
-        if target > 0 and channels:
-            import onnx
-
-            from ..modifiers.channel_selection import prune_channels
-
-            tel.stage("prune")
-            cres = prune_channels(
-                model,
-                split.calibration,
-                target,
-                round_to=int(settings["round_channels_to"]),
-                max_fraction=float(settings["max_channels_removed"]),
-                show_progress=ctx.show_progress,
-            )
-            current = build / "pruned.onnx"
-            onnx.save(cres.model, str(current))
-            pruned_layers = cres.layers
-            notes.extend(cres.notes)
-            channel_info = {
-                "removed": cres.channels_removed,
-                "total": cres.channels_total,
-                "groups": cres.groups,
-                "macs_before": cres.macs_before,
-                "macs_after": cres.macs_after,
-            }
-            effective["achieved_macs_fraction"] = round(cres.macs_after / max(1, cres.macs_before), 6)
-            effective["channels"] = {**channel_info, "timings_s": cres.timings_s}
-            tel.evaluation("macs_fraction", effective["achieved_macs_fraction"])
-            lap("prune")
-            show = "evaluate pruned" if ctx.show_progress else None
-            pruned_fid = fidelity(base_out, run_onnx(current, split.holdout, progress=show))
-            effective["pruned_fidelity"] = round(fidelity_score(pruned_fid), 6)
-            floor = 1.0 - float(settings["max_channels_fidelity_loss"])
-            if fidelity_score(pruned_fid) < floor:
-                # never hand back a model that lost what channel pruning cost here: keep the
-                # graph's channels and say so (INT8 below still applies)
-                notes.append(
-                    f"channel pruning to {effective['achieved_macs_fraction']:.0%} of the MACs kept only "
-                    f"{fidelity_score(pruned_fid):.1%} fidelity to the baseline (floor {floor:.0%}, "
-                    "max_channels_fidelity_loss), so no channels were removed; lower --optim-level or "
-                    "use training-aware --structure channels, which recovers accuracy by fine-tuning"
-                )
-                current, pruned_layers, channel_info = baseline_path, None, None
-                mode = "quantization-only" if int8 else "baseline"
-                effective["channels_rejected"] = True
-            tel.progress(0.5)
-        elif target > 0:
-            import onnx
-
-            from ..modifiers.onnx_pruning import prune_onnx
-
-            tel.stage("prune")
-            result = prune_onnx(
-                model,
-                split.calibration,
-                target,
-                method=method,
-                show_progress=ctx.show_progress,
-                allocation=settings["pruning_allocation"],
-                sensitivity_samples=int(settings["sensitivity_samples"]),
-            )
-            current = build / "pruned.onnx"
-            onnx.save(result.model, str(current))
-            pruned_layers = result.layers
+        # ---- the recipe's modifiers: pruning, then INT8 -------------------------------------
+        results: list[ModifierResult] = []
+        for modifier in modifiers:
+            modifier.initialize(state)
+            result = modifier.finalize(state)
+            results.append(result)
             notes.extend(result.notes)
-            effective["achieved_sparsity"] = round(result.achieved_sparsity, 6)
-            tel.evaluation("sparsity", result.achieved_sparsity)
-            lap("prune")
-            show = "evaluate pruned" if ctx.show_progress else None
-            pruned_fid = fidelity(base_out, run_onnx(current, split.holdout, progress=show))
-            effective["pruned_fidelity"] = round(fidelity_score(pruned_fid), 6)
-            tel.progress(0.5)
-        del model
-
-        # ---- INT8 --------------------------------------------------------------------------
-        if int8:
-            from ..modifiers.quantization import quantize_int8
-
-            tel.stage("quantize")
-            q = quantize_int8(
-                current,
-                split.calibration,
-                build / "int8.onnx",
-                holdout=split.holdout,
-                quant_format=fmt,
-                max_fidelity_loss=float(settings["max_int8_fidelity_loss"]),
-                show_progress=ctx.show_progress,
-                bench_seconds=float(settings["int8_candidate_seconds"]),
-                time_budget_s=float(settings["int8_search_seconds"]),
-                equalize=settings["int8_equalization"],
-            )
-            candidates = q.candidates
-            notes.extend(q.notes)
-            int8_applied = q.quantized
-            effective["int8"] = {"chosen": q.chosen, "fp32_nodes": q.fp32_nodes, **q.settings}
-            current = q.path
-            lap("quantize")
-            tel.progress(0.8)
+            effective.update({k: v for k, v in result.info.items() if k not in _NOT_SETTINGS})
+            for name in result.timings_s:
+                lap(name)
+            tel.progress(0.8 if "int8" in result.info else 0.5)
+        state.model = model = None
+        info = {k: v for r in results for k, v in r.info.items()}
+        if info.get("channels_rejected"):
+            mode = "quantization-only" if int8 else "baseline"
+        channel_info = info.get("channel_summary")
+        pruned_layers = next((r.layers for r in results if r.layers), None)
+        candidates = [c for r in results for c in r.candidates]
+        int8_applied = bool(info.get("int8_applied"))
 
         # ---- write model.onnx (temporary name, then rename) ---------------------------------
         tel.stage("export")
         partial = ctx.work_dir / f".{MODEL_FILE}.partial"
-        shutil.copyfile(current, partial)
-        if current != baseline_path:  # keep the input's serving card (preprocessing, class names)
+        shutil.copyfile(state.current, partial)
+        if state.current != baseline_path:  # keep the input's serving card (preprocessing, class names)
             from ..model_card import carry_over
 
             carry_over(baseline_path, partial)
         os.replace(partial, ctx.work_dir / MODEL_FILE)
         final_path = ctx.work_dir / MODEL_FILE
 
-        # ---- evaluate on held-out samples ---------------------------------------------------
+        # ---- evaluate on held-out samples (a model already run is not run again) ----------
         tel.stage("evaluate")
-        show = "evaluate optimized" if ctx.show_progress else None
-        opt_out = run_onnx(final_path, split.holdout, progress=show)
+        opt_out = state.holdout_outputs(state.current, "optimized")
         fid = fidelity(base_out, opt_out)
         opt_acc = accuracy(opt_out, split.holdout_labels) if use_labels else None
         tel.evaluation("fidelity", fidelity_score(fid))
@@ -342,7 +191,7 @@ def run(ctx: RunContext) -> Report:
             [baseline_path, final_path],
             batch_size=exp.deploy.batch_size,
             device=exp.deploy.device,
-            seconds=float(settings["benchmark_seconds"]),
+            seconds=recipe.benchmark_seconds,
             show_progress=ctx.show_progress,
         )
         lap("benchmark")
@@ -386,15 +235,19 @@ def run(ctx: RunContext) -> Report:
         compressed_size_ratio=round(optimized.compressed_size_bytes / baseline.compressed_size_bytes, 4),
         layers=_merge_layers(layer_sparsity(final_path), pruned_layers),
         candidates=candidates,
-        speedup_source=_speedup_source(
+        speedup_source=explain_speedup(
             mode,
             speedup,
-            int8_applied,
-            optimized.sparsity if target > 0 and not channels else 0.0,
-            channel_info,
+            int8=f"{info['int8']['chosen']}, onnxruntime integer kernels" if int8_applied else None,
+            sparsity=optimized.sparsity if target > 0 and not channels else 0.0,
+            channels=ChannelCounts(**channel_info) if channel_info else None,
         ),
         notes=notes,
         timings_s=timings,
     )
     tel.progress(1.0)
     return report
+
+
+# modifier results that describe the run but are not settings of it
+_NOT_SETTINGS = ("channel_summary", "int8_applied")

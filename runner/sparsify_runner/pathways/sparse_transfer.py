@@ -15,12 +15,12 @@ from ..catalog import load_catalog, resolve_uri, select
 from ..context import RunContext
 from ..errors import InputError
 from ..models import load_model
+from ..modifiers.base import Modifier
 from ..modifiers.distillation import DistillationModifier
 from ..modifiers.masks import FixedMasks, MaskSet
+from ..recipes import int8_wanted
 from ..report import Report
 from ..training import pipeline as P
-from ..training.export import save_torch_artifact
-from ..training.loop import Trainer, evaluate
 
 
 def choose_base_model(ctx: RunContext) -> tuple[Path, str | None, list[str], dict]:
@@ -53,7 +53,7 @@ def run(ctx: RunContext) -> Report:
     t = time.perf_counter()
     ctx.telemetry.stage("load")
     torch.manual_seed(exp.seed)
-    settings, raw_cfg, splits, classes, train_count = P.common_setup(ctx, "sparse_transfer.yaml")
+    recipe, raw_cfg, splits, classes, train_count = P.common_setup(ctx)
     model_path, arch, notes, catalog_info = choose_base_model(ctx)
     loaded = load_model(exp.use_case, model_path, arch=arch, classes=classes)
     teacher = P.load_teacher(ctx, classes)
@@ -61,7 +61,7 @@ def run(ctx: RunContext) -> Report:
     task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
     model = loaded.module
     structured = loaded.structured
-    masks = MaskSet.from_zeros(model, min_params=int(settings["min_params"]))
+    masks = MaskSet.from_zeros(model, min_params=recipe.min_params)
     sparsity = masks.sparsity()
     notes += loaded.notes
     if sparsity == 0:
@@ -69,15 +69,14 @@ def run(ctx: RunContext) -> Report:
             "the base model has no zero weights in its conv/linear layers: there is no mask to hold; "
             "this run is a plain fine-tune (+ INT8)"
         )
-    level = exp.optim_level
-    int8 = P.want_int8(settings, level)
+    int8 = int8_wanted(recipe.quantize, exp.optim_level)
     mode = (
         "channels"
         if structured
         else ("unstructured" if sparsity > 0 else ("quantization-only" if int8 else "baseline"))
     )
     effective = {
-        **settings,
+        **recipe.settings(),
         "mode": mode,
         "arch": loaded.arch,
         "classes": len(classes),
@@ -91,63 +90,42 @@ def run(ctx: RunContext) -> Report:
     baseline_model = P.copy_model(model)
     t = P.elapsed(timings, "load", t)
 
-    modifiers: list = [FixedMasks(masks)]
-    if teacher is not None and float(settings["distillation_weight"]) > 0:
+    modifiers: list[Modifier] = [FixedMasks(masks)]
+    if teacher is not None and recipe.distillation_weight > 0:
         modifiers.append(
             DistillationModifier(
-                teacher.module,
-                weight=float(settings["distillation_weight"]),
-                temperature=float(settings["distillation_temperature"]),
+                teacher.module, weight=recipe.distillation_weight, temperature=recipe.distillation_temperature
             )
         )
     ctx.telemetry.stage("train")
-    trainer = Trainer(
-        task, model, cfg, "main", store, modifiers, ctx.telemetry, ctx.show_progress, exp.seed, (0.0, 0.8)
-    )
+    trainer = P.make_trainer(ctx, task, model, cfg, store, phase="main", modifiers=modifiers, span=(0.0, 0.8))
     history = trainer.fit()
     model = trainer.bare_model
     if trainer.resumed_from is not None:
         notes.append(f"resumed from a checkpoint at step {trainer.resumed_from} of {trainer.total_steps}")
-    qat_model = None
-    if P.want_qat(settings, int8):
-        qat_model, qat_history = P.run_qat_phase(
-            ctx,
-            task,
-            model,
-            cfg,
-            store,
-            effective,
-            teacher=teacher.module if teacher is not None else None,
-            keep_zeros=sparsity > 0,
-            epoch_offset=float(cfg.epochs),
-            span=(0.8, 0.9),
-        )
-        history += qat_history
-    notes += store.notes
-    P.finish_distributed()
-    t = P.elapsed(timings, "train", t)
 
-    model.cpu().eval()
-    final_acc = evaluate(task, model, torch.device("cpu"))
-    result = P.finalize(
+    done = P.finish_training(
         ctx,
         task,
+        model=model,
         baseline_model=baseline_model,
-        final_model=model,
-        settings=effective,
-        mode=mode,
-        int8=int8,
+        recipe=recipe,
         cfg=cfg,
-        qat_model=qat_model,
-        tokenizer=loaded.tokenizer,
+        store=store,
+        int8=int8,
+        qat_teacher=teacher.module if teacher is not None else None,
+        keep_zeros=sparsity > 0,
+        qat_epoch_offset=float(cfg.epochs),
+        loaded=loaded,
+        structured=structured,
+        history=history,
+        notes=notes,
+        timings=timings,
+        clock=t,
     )
-    if result["int8_source"] == "qat":
-        model = qat_model  # model.onnx was built from the QAT weights: model.pt holds them too
-        final_acc = evaluate(task, model, torch.device("cpu"))
-    save_torch_artifact(task, model, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=structured)
     effective.update(
-        P.torch_param_stats(model),
-        torch_val_accuracy=round(final_acc, 5),
+        P.torch_param_stats(done.model),
+        torch_val_accuracy=round(done.final_accuracy, 5),
         mask_sparsity_after=round(masks.sparsity(), 5),
     )
     notes.append(
@@ -159,8 +137,13 @@ def run(ctx: RunContext) -> Report:
         )
     )
     report = P.build_report(
-        ctx, mode=mode, settings=effective, result=result, history=history, notes=notes, sparsity=sparsity
+        ctx,
+        mode=mode,
+        settings=effective,
+        result=done.result,
+        history=done.history,
+        notes=notes,
+        sparsity=sparsity,
     )
-    P.elapsed(timings, "export_evaluate", t)
     report.timings_s.update(timings)
     return report

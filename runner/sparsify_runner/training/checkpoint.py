@@ -87,6 +87,3 @@ class CheckpointStore:
             )
             return None
         return payload
-
-    def discard(self, name: str) -> None:
-        self.path(name).unlink(missing_ok=True)

@@ -1,10 +1,9 @@
-"""The training loop: AMP on CUDA, CPU otherwise, DDP under torchrun, modifiers hooks,
+"""The training loop: AMP on CUDA, CPU otherwise, DDP under torchrun, modifier events,
 periodic checkpoints, SIGTERM -> checkpoint -> ``Terminated``, rich progress bars.
 
-Modifiers are small objects with optional hooks, called in list order:
-``on_train_start(trainer)``, ``before_step(trainer) -> bool`` (True: the model's structure
-changed, rebuild the optimizer), ``after_backward(trainer)``, ``after_optimizer_step(trainer)``,
-``loss(trainer, logits, inputs, labels, loss) -> loss``, ``state_dict()``/``load_state_dict()``.
+Modifiers follow ``modifiers.base.Modifier``: ``initialize(trainer)`` when training starts,
+``on_event(trainer, Event.X, ...)`` at each point of a step (in list order), ``finalize(trainer)``
+when training ends; their ``state_dict`` is checkpointed under ``checkpoint_key``.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import signals
 from ..errors import Terminated
+from ..modifiers.base import Event, Modifier, ModifierResult, checkpoint_key
 from ..report import EpochRecord
 from .checkpoint import CheckpointStore, rng_state, set_rng_state
 from .config import TrainConfig
@@ -113,7 +113,7 @@ class Trainer:
     cfg: TrainConfig
     phase: str
     store: CheckpointStore
-    modifiers: list[Any] = field(default_factory=list)
+    modifiers: list[Modifier] = field(default_factory=list)
     telemetry: Any = None
     show_progress: bool = True
     seed: int = 0
@@ -131,6 +131,7 @@ class Trainer:
         self.use_amp = self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.results: list[ModifierResult] = []
 
     # ---- helpers used by modifiers ---------------------------------------------------
     @property
@@ -167,9 +168,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "shapes": size_attributes(model),
             "optimizer": self.optimizer.state_dict() if self.optimizer and not done else None,
-            "modifiers": {
-                type(m).__name__: m.state_dict() for m in self.modifiers if hasattr(m, "state_dict")
-            },
+            "modifiers": {checkpoint_key(i, m): m.state_dict() for i, m in enumerate(self.modifiers)},
             "history": [r.model_dump() for r in self.history],
             "rng": rng_state(),
         }
@@ -185,9 +184,10 @@ class Trainer:
         model = self.bare_model
         restore_shapes(model, payload["model"], payload.get("shapes", {}))
         model.load_state_dict(payload["model"])
-        for m in self.modifiers:
-            state = payload.get("modifiers", {}).get(type(m).__name__)
-            if state is not None and hasattr(m, "load_state_dict"):
+        saved = payload.get("modifiers", {})
+        for i, m in enumerate(self.modifiers):
+            state = saved.get(checkpoint_key(i, m))
+            if state is not None:
                 m.load_state_dict(state)
         self.step = int(payload["step"])
         self.history = [EpochRecord(**r) for r in payload.get("history", [])]
@@ -203,8 +203,7 @@ class Trainer:
             return self.history
         self.model.to(self.device)
         for m in self.modifiers:
-            if hasattr(m, "on_train_start"):
-                m.on_train_start(self)
+            m.initialize(self)
         self.build_optimizer()
         if payload is not None and payload.get("optimizer"):
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -236,7 +235,12 @@ class Trainer:
         self.save(done=True)
         if self.world > 1:
             self.model = self.model.module
+        self.results = [m.finalize(self) for m in self.modifiers]
         return self.history
+
+    def _dispatch(self, event: Event, **payload: Any) -> list[Any]:
+        """Send one event to every modifier in recipe order; their return values, in order."""
+        return [m.on_event(self, event, **payload) for m in self.modifiers]
 
     def _wrap_ddp(self) -> None:
         """(Re)wrap the bare model in DistributedDataParallel under torchrun: DDP's gradient
@@ -249,7 +253,7 @@ class Trainer:
             )
 
     def _train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-        if any(m.before_step(self) for m in self.modifiers if hasattr(m, "before_step")):
+        if any(self._dispatch(Event.batch_start)):
             self._wrap_ddp()
             self.build_optimizer()  # structure changed: fresh optimizer state for the new shapes
         self.model.train()
@@ -260,21 +264,19 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             logits = self.task.forward(self.model, inputs)
             loss = F.cross_entropy(logits.float(), labels)
-            for m in self.modifiers:
-                if hasattr(m, "loss"):
-                    loss = m.loss(self, logits.float(), inputs, labels, loss)
+            for m in self.modifiers:  # each modifier sees the loss the previous one returned
+                changed = m.on_event(
+                    self, Event.loss, loss=loss, logits=logits.float(), inputs=inputs, labels=labels
+                )
+                loss = loss if changed is None else changed
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        for m in self.modifiers:
-            if hasattr(m, "after_backward"):
-                m.after_backward(self)
+        self._dispatch(Event.after_backward)
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        for m in self.modifiers:
-            if hasattr(m, "after_optimizer_step"):
-                m.after_optimizer_step(self)
+        self._dispatch(Event.optimizer_step)
         value = float(loss.detach())
         if self.telemetry is not None:
             self.telemetry.training_step(self.epoch_float, self.step, value)

@@ -11,7 +11,7 @@ import copy
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +21,18 @@ from torch import nn
 from ..context import RunContext
 from ..cpu_features import int8_saturates
 from ..errors import InputError
+from ..recipes import TrainingRecipe
 from ..report import CandidateRecord, LayerReport, ModelStats, Report
-from ..spec import ExperimentType
+from ..speedup import ChannelCounts, explain_speedup
 from .checkpoint import CheckpointStore, fingerprint
 from .config import TrainConfig, parse_train_kwargs
 from .loop import Trainer, distributed, prunable_sparsity
 from .task import Task, default_max_length, image_task, text_task
 
 log = logging.getLogger("sparsify.training")
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 # ---- inputs -------------------------------------------------------------------------------
-def load_settings(ctx: RunContext, recipe_file: str) -> dict[str, Any]:
-    import yaml
-
-    from ..recipes import load_recipe
-
-    defaults = yaml.safe_load((RECIPES / recipe_file).read_text(encoding="utf-8"))
-    return load_recipe(defaults, ctx.experiment, ctx.recipe_path)
-
-
 def inspect_data(ctx: RunContext):
     from ..data.hf_datasets import inspect_hf, is_saved_dataset, split_data_kwargs
 
@@ -107,21 +98,13 @@ def finish_distributed() -> None:
 
 
 # ---- ONNX side ----------------------------------------------------------------------------
-def want_int8(settings: dict[str, Any], level: float) -> bool:
-    q = settings.get("quantize", "auto")
-    if isinstance(q, str) and q != "auto":
-        raise InputError(f"recipe 'quantize' must be auto, true or false, got '{q}'")
-    return level > 0 if q == "auto" else bool(q)
-
-
 def finalize(
     ctx: RunContext,
     task: Task,
     *,
     baseline_model: nn.Module,
     final_model: nn.Module,
-    settings: dict[str, Any],
-    mode: str,
+    recipe: TrainingRecipe,
     int8: bool,
     cfg: TrainConfig,
     qat_model: nn.Module | None = None,
@@ -168,8 +151,8 @@ def finalize(
                     "onnxruntime's u8s8 kernels saturate with 8-bit weights on this CPU (no VNNI)"
                 )
             sources.append(("qat", qat_onnx, "after quantization-aware fine-tuning", qat_grid))
-        budget = float(settings.get("int8_search_seconds", 120)) / len(sources)
-        limit = float(settings.get("max_int8_accuracy_drop", 0.01))
+        budget = recipe.int8_search_seconds / len(sources)
+        limit = recipe.max_int8_accuracy_drop
         fp32_record = CandidateRecord(name="fp32 (val split)", chosen=True, accuracy=round(fp32_acc, 5))
         candidates.append(fp32_record)
         best: tuple[float, float, str, Path, str] | None = None
@@ -223,7 +206,7 @@ def finalize(
         [base_onnx, final_onnx],
         batch_size=exp.deploy.batch_size,
         device=exp.deploy.device,
-        seconds=float(settings.get("benchmark_seconds", 3.0)),
+        seconds=recipe.benchmark_seconds,
         show_progress=ctx.show_progress,
     )
     baseline = model_stats(base_onnx)
@@ -307,26 +290,6 @@ def _static_int8(
     return result
 
 
-def speedup_source(
-    mode: str, speedup: float | None, *, int8: str | None, sparsity: float, macs: tuple[int, int] | None
-) -> str:
-    s = f"{speedup:.2f}x measured on onnxruntime" if speedup else "speedup not measured"
-    q = f"INT8 ({int8})" if int8 else "no INT8"
-    if mode == "channels" and macs:
-        return (
-            f"{s}: structured pruning removed whole channels/heads/neurons, MACs per sample "
-            f"{macs[0]:,} -> {macs[1]:,} ({macs[0] / max(1, macs[1]):.2f}x fewer), plus {q}"
-        )
-    if mode == "unstructured":
-        return (
-            f"{s}: from {q}; the {sparsity:.0%} unstructured sparsity makes the compressed file smaller, "
-            "but onnxruntime multiplies zeros like any weight, so it adds no speed (use --structure channels)"
-        )
-    if mode == "quantization-only":
-        return f"{s}: from {q} only (no pruning at this optim level)"
-    return f"{s}: baseline unchanged (optim level 0)"
-
-
 def build_report(
     ctx: RunContext,
     *,
@@ -369,8 +332,12 @@ def build_report(
         layers=(extra_layers or []) + list(result["layers"]),
         candidates=result["candidates"],
         training=history,
-        speedup_source=speedup_source(
-            mode, speedup, int8=result["int8_method"], sparsity=sparsity, macs=macs
+        speedup_source=explain_speedup(
+            mode,
+            speedup,
+            int8=result["int8_method"],
+            sparsity=sparsity,
+            channels=ChannelCounts(*macs) if macs else None,
         ),
         notes=notes + result["notes"],
     )
@@ -409,6 +376,38 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu()
 
 
+def make_trainer(
+    ctx: RunContext,
+    task: Task,
+    model: nn.Module,
+    cfg: TrainConfig,
+    store: CheckpointStore,
+    *,
+    phase: str,
+    modifiers: list | None = None,
+    span: tuple[float, float] = (0.0, 1.0),
+    seed_offset: int = 0,
+) -> Trainer:
+    """The one way the pathways build a ``Trainer``: telemetry, progress and seed from the run."""
+    return Trainer(
+        task=task,
+        model=model,
+        cfg=cfg,
+        phase=phase,
+        store=store,
+        modifiers=list(modifiers or []),
+        telemetry=ctx.telemetry,
+        show_progress=ctx.show_progress,
+        seed=ctx.experiment.seed + seed_offset,
+        progress_span=span,
+    )
+
+
+def with_epochs(cfg: TrainConfig, epochs: int, **changes: Any) -> TrainConfig:
+    """``cfg`` for one phase of training."""
+    return TrainConfig(**{**asdict(cfg), "epochs": epochs, **changes})
+
+
 def run_dense_phase(
     ctx: RunContext,
     task: Task,
@@ -418,39 +417,12 @@ def run_dense_phase(
     epochs: int,
     span: tuple[float, float],
 ) -> list:
-    dense_cfg = TrainConfig(**{**asdict(cfg), "epochs": epochs})
     ctx.telemetry.stage("train-dense")
-    trainer = Trainer(
-        task,
-        model,
-        dense_cfg,
-        "dense",
-        store,
-        [],
-        ctx.telemetry,
-        ctx.show_progress,
-        ctx.experiment.seed,
-        span,
-    )
+    trainer = make_trainer(ctx, task, model, with_epochs(cfg, epochs), store, phase="dense", span=span)
     history = trainer.fit()
     for r in history:
         r.epoch = round(r.epoch - epochs, 3)  # dense epochs count as negative: before the main phase
     return history
-
-
-def want_qat(settings: dict[str, Any], int8: bool) -> bool:
-    q = settings.get("qat", "auto")
-    if q not in ("auto", True, False):
-        raise InputError(f"recipe 'qat' must be auto, true or false, got '{q}'")
-    return int8 and q in ("auto", True)
-
-
-def qat_epochs(settings: dict[str, Any], cfg: TrainConfig) -> int:
-    """``qat_epochs`` from the recipe; 0 = auto: a quarter of the main phase, at least 1."""
-    n = int(settings.get("qat_epochs", 0))
-    if n < 0:
-        raise InputError(f"recipe 'qat_epochs' must be >= 0, got {n}")
-    return n or max(1, round(cfg.epochs / 4))
 
 
 def run_qat_phase(
@@ -459,7 +431,7 @@ def run_qat_phase(
     model: nn.Module,
     cfg: TrainConfig,
     store: CheckpointStore,
-    settings: dict[str, Any],
+    recipe: TrainingRecipe,
     *,
     teacher: nn.Module | None,
     keep_zeros: bool,
@@ -473,63 +445,45 @@ def run_qat_phase(
     from ..modifiers.masks import FixedMasks, MaskSet
     from ..modifiers.qat import FakeQuantModifier
 
-    epochs = qat_epochs(settings, cfg)
     qat_model = copy_model(model)
-    fake_quant = FakeQuantModifier(
-        weight_bits=int(settings.get("qat_weight_bits", 8)),
-        reduce_range=int8_saturates(ctx.experiment.deploy.device),
-    )
-    modifiers: list = [fake_quant]
+    # FakeQuantModifier.finalize puts the plain layers back when training ends
+    modifiers: list = [
+        FakeQuantModifier(
+            weight_bits=recipe.qat_weight_bits, reduce_range=int8_saturates(ctx.experiment.deploy.device)
+        )
+    ]
     if keep_zeros:
         modifiers.append(FixedMasks(MaskSet.from_zeros(qat_model)))
-    weight = float(settings.get("distillation_weight", 0.0))
-    if teacher is not None and weight > 0:
+    if teacher is not None and recipe.distillation_weight > 0:
         modifiers.append(
             DistillationModifier(
-                teacher, weight=weight, temperature=float(settings.get("distillation_temperature", 2.0))
+                teacher, weight=recipe.distillation_weight, temperature=recipe.distillation_temperature
             )
         )
-    phase_cfg = TrainConfig(
-        **{
-            **asdict(cfg),
-            "epochs": epochs,
-            "lr": cfg.lr * float(settings.get("qat_lr_scale", 0.1)),
-            "warmup_fraction": 0.0,
-        }
+    phase_cfg = with_epochs(
+        cfg, recipe.qat_epoch_count(cfg.epochs), lr=cfg.lr * recipe.qat_lr_scale, warmup_fraction=0.0
     )
     ctx.telemetry.stage("train-qat")
-    trainer = Trainer(
-        task,
-        qat_model,
-        phase_cfg,
-        "qat",
-        store,
-        modifiers,
-        ctx.telemetry,
-        ctx.show_progress,
-        ctx.experiment.seed + 1,
-        span,
+    trainer = make_trainer(
+        ctx, task, qat_model, phase_cfg, store, phase="qat", modifiers=modifiers, span=span, seed_offset=1
     )
     history = trainer.fit()
     qat_model = trainer.bare_model
-    fake_quant.remove()
     for r in history:
         r.epoch = round(r.epoch + epoch_offset, 3)
     return qat_model.cpu().eval(), history
 
 
-def common_setup(ctx: RunContext, recipe_file: str):
-    """Settings, data, train config: all validated up front."""
+def common_setup(ctx: RunContext):
+    """Typed recipe, data, train config: all validated up front."""
     from ..data.hf_datasets import split_data_kwargs
+    from ..recipes import load_recipe
 
-    settings = load_settings(ctx, recipe_file)
+    recipe = load_recipe(ctx.experiment, ctx.recipe_path)
     _, train_kwargs = split_data_kwargs(ctx.experiment.train_kwargs)  # data keys: see inspect_data
     raw_cfg = limit_samples(ctx.experiment, parse_train_kwargs(train_kwargs))
-    # recipe errors before any training
-    want_qat(settings, True)
-    qat_epochs(settings, raw_cfg)
     splits, classes, train_count = inspect_data(ctx)
-    return settings, raw_cfg, splits, classes, train_count
+    return recipe, raw_cfg, splits, classes, train_count
 
 
 def limit_samples(exp, cfg: TrainConfig) -> TrainConfig:
@@ -570,5 +524,83 @@ def elapsed(timings: dict[str, float], key: str, start: float) -> float:
     return now
 
 
-def is_training_aware(ctx: RunContext) -> bool:
-    return ctx.experiment.type == ExperimentType.training_aware
+# ---- the shared tail of both training pathways --------------------------------------------
+@dataclass
+class Finished:
+    """What ``finish_training`` hands back to the pathway for its report."""
+
+    model: nn.Module
+    """The model behind model.onnx (the QAT weights when their INT8 won)."""
+    trained_model: nn.Module
+    """The model after the main phase (before the QAT swap)."""
+    result: dict[str, Any]
+    history: list
+    final_accuracy: float
+
+
+def finish_training(
+    ctx: RunContext,
+    task: Task,
+    *,
+    model: nn.Module,
+    baseline_model: nn.Module,
+    recipe: TrainingRecipe,
+    cfg: TrainConfig,
+    store: CheckpointStore,
+    int8: bool,
+    qat_teacher: nn.Module | None,
+    keep_zeros: bool,
+    qat_epoch_offset: float,
+    loaded: Any,
+    structured: bool,
+    history: list,
+    notes: list[str],
+    timings: dict[str, float],
+    clock: float,
+) -> Finished:
+    """After the main phase, for both training pathways: QAT (when INT8 is built) -> rank 0
+    only from here -> export, INT8 choice (PTQ vs QAT), evaluate, benchmark -> model.pt."""
+    from .export import save_torch_artifact
+    from .loop import evaluate
+
+    history = list(history)
+    qat_model = None
+    if recipe.wants_qat(int8):
+        qat_model, qat_history = run_qat_phase(
+            ctx,
+            task,
+            model,
+            cfg,
+            store,
+            recipe,
+            teacher=qat_teacher,
+            keep_zeros=keep_zeros,
+            epoch_offset=qat_epoch_offset,
+            span=(0.8, 0.9),
+        )
+        history += qat_history
+    notes.extend(store.notes)
+    finish_distributed()
+    clock = elapsed(timings, "train", clock)
+
+    cpu = torch.device("cpu")
+    trained = model.cpu().eval()
+    result = finalize(
+        ctx,
+        task,
+        baseline_model=baseline_model,
+        final_model=trained,
+        recipe=recipe,
+        int8=int8,
+        cfg=cfg,
+        qat_model=qat_model,
+        tokenizer=loaded.tokenizer,
+    )
+    # model.onnx was built from the QAT weights when their INT8 won: model.pt holds them too
+    shipped = qat_model if result["int8_source"] == "qat" else trained
+    save_torch_artifact(task, shipped, loaded.arch, loaded.tokenizer, ctx.work_dir, structured=structured)
+    final_accuracy = evaluate(task, shipped, cpu)
+    elapsed(timings, "export_evaluate", clock)
+    return Finished(
+        model=shipped, trained_model=trained, result=result, history=history, final_accuracy=final_accuracy
+    )

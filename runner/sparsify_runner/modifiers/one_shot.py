@@ -1,0 +1,248 @@
+"""One-shot modifiers: post-training algorithms on an ONNX graph, in the ``Modifier`` contract.
+
+Each acts on a ``OneShotState`` (the current model file, calibration and held-out samples,
+the baseline's held-out outputs) and does its work in ``finalize``: it writes its output
+model into the state's build folder, moves ``state.current`` to it, and returns notes,
+per-layer records, candidates and the numbers the report shows. The one-shot pathway runs
+the list ``plan`` builds from the typed recipe and the optim level, in order.
+
+The numerical kernels live in their own modules (``onnx_pruning`` / ``obs`` for OBS and
+magnitude pruning, ``channel_selection`` for structured OBS, ``quantization`` for the INT8
+search with its equalization and GPTQ candidates); these classes only adapt them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import Modifier, ModifierResult
+
+Sample = dict[str, np.ndarray]
+
+
+@dataclass
+class OneShotState:
+    """What one-shot modifiers read and move forward."""
+
+    baseline: Path
+    current: Path
+    build: Path
+    calibration: list[Sample]
+    holdout: list[Sample]
+    baseline_outputs: list[Any]
+    model: Any = None
+    """The loaded ``onnx.ModelProto`` of the input (pruning modifiers start from it)."""
+    show_progress: bool = False
+    telemetry: Any = None
+    outputs: dict[Path, list[Any]] = field(default_factory=dict)
+    """Held-out outputs already computed, by model file (each model is run once)."""
+
+    def holdout_outputs(self, path: Path, label: str) -> list[Any]:
+        """The held-out outputs of the model at ``path``, computed once."""
+        from ..evaluate import run_onnx
+
+        if path not in self.outputs:
+            show = f"evaluate {label}" if self.show_progress else None
+            self.outputs[path] = run_onnx(path, self.holdout, progress=show)
+        return self.outputs[path]
+
+    def stage(self, name: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.stage(name)
+
+
+def _save(model: Any, path: Path) -> Path:
+    import onnx
+
+    onnx.save(model, str(path))
+    return path
+
+
+class UnstructuredPruning(Modifier):
+    """OBS (SparseGPT-style, with the calibration Hessian) or magnitude pruning of weights."""
+
+    def __init__(self, sparsity: float, *, method: str, allocation: str, sensitivity_samples: int) -> None:
+        self.sparsity, self.method = sparsity, method
+        self.allocation, self.sensitivity_samples = allocation, sensitivity_samples
+
+    def finalize(self, state: OneShotState) -> ModifierResult:
+        from ..evaluate import fidelity, fidelity_score
+        from .onnx_pruning import prune_onnx
+
+        state.stage("prune")
+        start = time.perf_counter()
+        result = prune_onnx(
+            state.model,
+            state.calibration,
+            self.sparsity,
+            method=self.method,
+            show_progress=state.show_progress,
+            allocation=self.allocation,
+            sensitivity_samples=self.sensitivity_samples,
+        )
+        state.current = _save(result.model, state.build / "pruned.onnx")
+        seconds = round(time.perf_counter() - start, 3)
+        if state.telemetry is not None:
+            state.telemetry.evaluation("sparsity", result.achieved_sparsity)
+        pruned = fidelity(state.baseline_outputs, state.holdout_outputs(state.current, "pruned"))
+        return ModifierResult(
+            notes=list(result.notes),
+            layers=list(result.layers),
+            timings_s={"prune": seconds},
+            info={
+                "achieved_sparsity": round(result.achieved_sparsity, 6),
+                "pruned_fidelity": round(fidelity_score(pruned), 6),
+            },
+        )
+
+
+class ChannelPruning(Modifier):
+    """Structured OBS: remove whole channels to a MAC target, refit the consumers; rejected
+    (the graph left as it was) when the pruned model's fidelity falls below the floor."""
+
+    def __init__(
+        self, macs_reduction: float, *, round_to: int, max_fraction: float, max_fidelity_loss: float
+    ) -> None:
+        self.macs_reduction, self.round_to, self.max_fraction = macs_reduction, round_to, max_fraction
+        self.floor = 1.0 - max_fidelity_loss
+
+    def finalize(self, state: OneShotState) -> ModifierResult:
+        from ..evaluate import fidelity, fidelity_score
+        from .channel_selection import prune_channels
+
+        state.stage("prune")
+        start = time.perf_counter()
+        cres = prune_channels(
+            state.model,
+            state.calibration,
+            self.macs_reduction,
+            round_to=self.round_to,
+            max_fraction=self.max_fraction,
+            show_progress=state.show_progress,
+        )
+        pruned_path = _save(cres.model, state.build / "pruned.onnx")
+        seconds = round(time.perf_counter() - start, 3)
+        channels = {
+            "removed": cres.channels_removed,
+            "total": cres.channels_total,
+            "groups": cres.groups,
+            "macs_before": cres.macs_before,
+            "macs_after": cres.macs_after,
+        }
+        kept = round(cres.macs_after / max(1, cres.macs_before), 6)
+        if state.telemetry is not None:
+            state.telemetry.evaluation("macs_fraction", kept)
+        score = fidelity_score(fidelity(state.baseline_outputs, state.holdout_outputs(pruned_path, "pruned")))
+        info: dict[str, Any] = {
+            "achieved_macs_fraction": kept,
+            "channels": {**channels, "timings_s": cres.timings_s},
+            "pruned_fidelity": round(score, 6),
+        }
+        if score < self.floor:
+            # never hand back a model that lost what channel pruning cost here: keep the graph's
+            # channels and say so (INT8 after this still applies)
+            info["channels_rejected"] = True
+            note = (
+                f"channel pruning to {kept:.0%} of the MACs kept only {score:.1%} fidelity to the "
+                f"baseline (floor {self.floor:.0%}, max_channels_fidelity_loss), so no channels were "
+                "removed; lower --optim-level or use training-aware --structure channels, which "
+                "recovers accuracy by fine-tuning"
+            )
+            return ModifierResult(notes=[*cres.notes, note], timings_s={"prune": seconds}, info=info)
+        state.current = pruned_path
+        info["channel_summary"] = channels
+        return ModifierResult(
+            notes=list(cres.notes), layers=list(cres.layers), timings_s={"prune": seconds}, info=info
+        )
+
+
+class Int8Search(Modifier):
+    """Static INT8 chosen by measurement: candidates (per-tensor / per-channel, reduce_range,
+    channel equalization, GPTQ rounding, FP32 fallbacks for sensitive nodes) are timed and
+    checked for fidelity on held-out samples; the fastest faithful one wins, else FP32."""
+
+    def __init__(
+        self,
+        *,
+        quant_format: str,
+        max_fidelity_loss: float,
+        candidate_seconds: float,
+        search_seconds: float,
+        equalize: bool,
+    ) -> None:
+        self.quant_format, self.max_fidelity_loss = quant_format, max_fidelity_loss
+        self.candidate_seconds, self.search_seconds, self.equalize = (
+            candidate_seconds,
+            search_seconds,
+            equalize,
+        )
+
+    def finalize(self, state: OneShotState) -> ModifierResult:
+        from .quantization import quantize_int8
+
+        state.stage("quantize")
+        start = time.perf_counter()
+        q = quantize_int8(
+            state.current,
+            state.calibration,
+            state.build / "int8.onnx",
+            holdout=state.holdout,
+            quant_format=self.quant_format,
+            max_fidelity_loss=self.max_fidelity_loss,
+            show_progress=state.show_progress,
+            bench_seconds=self.candidate_seconds,
+            time_budget_s=self.search_seconds,
+            equalize=self.equalize,
+        )
+        if q.quantized:  # else q.path is a copy of the input: keep the input (and its outputs)
+            state.current = q.path
+        return ModifierResult(
+            notes=list(q.notes),
+            candidates=list(q.candidates),
+            timings_s={"quantize": round(time.perf_counter() - start, 3)},
+            info={
+                "int8": {"chosen": q.chosen, "fp32_nodes": q.fp32_nodes, **q.settings},
+                "int8_applied": q.quantized,
+            },
+        )
+
+
+def plan(
+    recipe: Any, *, target: float, channels: bool, method: str, int8: bool, quant_format: str
+) -> list[Modifier]:
+    """The one-shot recipe as modifiers, in the order they run: pruning (if any), then INT8."""
+    modifiers: list[Modifier] = []
+    if target > 0 and channels:
+        modifiers.append(
+            ChannelPruning(
+                target,
+                round_to=recipe.round_channels_to,
+                max_fraction=recipe.max_channels_removed,
+                max_fidelity_loss=recipe.max_channels_fidelity_loss,
+            )
+        )
+    elif target > 0:
+        modifiers.append(
+            UnstructuredPruning(
+                target,
+                method=method,
+                allocation=recipe.pruning_allocation,
+                sensitivity_samples=recipe.sensitivity_samples,
+            )
+        )
+    if int8:
+        modifiers.append(
+            Int8Search(
+                quant_format=quant_format,
+                max_fidelity_loss=recipe.max_int8_fidelity_loss,
+                candidate_seconds=recipe.int8_candidate_seconds,
+                search_seconds=recipe.int8_search_seconds,
+                equalize=recipe.int8_equalization,
+            )
+        )
+    return modifiers

@@ -1,0 +1,120 @@
+"""Typed recipes: one pydantic model per experiment type.
+
+The packaged YAML files (``one_shot.yaml`` ...) hold the defaults and their documentation;
+these models hold the types and ranges. Every recipe, packaged or a user's ``--recipe`` file
+merged with ``--recipe-args``, is validated here, so a bad value fails with one line naming
+the setting and what it must be (the field's ``description``), before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InputError
+from ..spec import ExperimentType
+
+AutoOrBool = Literal["auto"] | bool
+
+
+def _setting(description: str, **constraints: Any) -> Any:
+    """A required recipe field (defaults come from the packaged YAML) with its rule in words."""
+    return Field(description=description, **constraints)
+
+
+class Recipe(BaseModel):
+    """Settings common to every pathway."""
+
+    # strict: YAML and JSON give real numbers and booleans; "0.5" or true for a number is a mistake
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    quantize: AutoOrBool = _setting("auto, true or false")
+    int8_search_seconds: float = _setting("a positive number", gt=0)
+    benchmark_seconds: float = _setting("a positive number", gt=0)
+
+    def settings(self) -> dict[str, Any]:
+        """Plain values for the report (``settings.recipe`` / the effective settings)."""
+        return self.model_dump()
+
+
+class OneShotRecipe(Recipe):
+    sparsity: float | None = _setting("null or a number in [0, 1)", ge=0, lt=1)
+    pruning_method: Literal["obs", "magnitude"] | None = _setting("null, obs or magnitude")
+    pruning_allocation: Literal["erk", "sensitivity"] = _setting("erk or sensitivity")
+    sensitivity_samples: int = _setting("a positive integer", ge=1)
+    macs_reduction: float | None = _setting("null or a number in [0, 1)", ge=0, lt=1)
+    round_channels_to: int = _setting("a positive integer", ge=1)
+    max_channels_removed: float = _setting("a number in (0, 1)", gt=0, lt=1)
+    max_channels_fidelity_loss: float = _setting("a number in [0, 1]", ge=0, le=1)
+    quant_format: Literal["auto", "qdq", "qoperator"] | None = _setting("null, auto, qdq or qoperator")
+    max_int8_fidelity_loss: float = _setting("a number in [0, 1]", ge=0, le=1)
+    int8_equalization: bool = _setting("true or false")
+    int8_candidate_seconds: float = _setting("a positive number", gt=0)
+    calibration_samples: int = _setting("a positive integer", ge=1)
+    holdout_fraction: float = _setting("a number in (0, 1)", gt=0, lt=1)
+    max_holdout_samples: int = _setting("a positive integer", ge=1)
+
+
+class TrainingRecipe(Recipe):
+    """Settings both training pathways share: distillation, INT8 choice, QAT."""
+
+    min_params: int = _setting("an integer >= 0", ge=0)
+    distillation_weight: float = _setting("a number in [0, 1]", ge=0, le=1)
+    distillation_temperature: float = _setting("a positive number", gt=0)
+    max_int8_accuracy_drop: float = _setting("a number in [0, 1]", ge=0, le=1)
+    qat: AutoOrBool = _setting("auto, true or false")
+    qat_epochs: int = _setting("an integer >= 0 (0: a quarter of the main phase, at least 1)", ge=0)
+    qat_lr_scale: float = _setting("a positive number", gt=0)
+    qat_weight_bits: int = _setting("an integer in [2, 8]", ge=2, le=8)
+
+    def wants_qat(self, int8: bool) -> bool:
+        """QAT runs only when INT8 is built at all."""
+        return int8 and self.qat in ("auto", True)
+
+    def qat_epoch_count(self, main_epochs: int) -> int:
+        return self.qat_epochs or max(1, round(main_epochs / 4))
+
+
+class SparseTransferRecipe(TrainingRecipe):
+    pass
+
+
+class TrainingAwareRecipe(TrainingRecipe):
+    sparsity: float | None = _setting("null or a number in [0, 1)", ge=0, lt=1)
+    init_sparsity: float = _setting("a number in [0, 1)", ge=0, lt=1)
+    prune_start_fraction: float = _setting("a number in [0, 1]", ge=0, le=1)
+    prune_end_fraction: float = _setting("a number in [0, 1]", ge=0, le=1)
+    update_every_epochs: float = _setting("a positive number", gt=0)
+    prune_first_conv: bool = _setting("true or false")
+    prune_depthwise: bool = _setting("true or false")
+    macs_reduction: float | None = _setting("null or a number in [0, 1)", ge=0, lt=1)
+    structured_events: int = _setting("a positive integer", ge=1)
+    round_channels_to: int = _setting("a positive integer", ge=1)
+
+
+RECIPE_TYPES: dict[ExperimentType, type[Recipe]] = {
+    ExperimentType.one_shot: OneShotRecipe,
+    ExperimentType.sparse_transfer: SparseTransferRecipe,
+    ExperimentType.training_aware: TrainingAwareRecipe,
+}
+
+
+def validate_recipe(exp_type: ExperimentType, values: dict[str, Any], source: str) -> Recipe:
+    """``values`` as the typed recipe of ``exp_type``; the first problem -> one InputError line."""
+    model = RECIPE_TYPES[exp_type]
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise InputError(_first_problem(model, err, source)) from None
+
+
+def _first_problem(model: type[Recipe], err: ValidationError, source: str) -> str:
+    problem = err.errors()[0]
+    key = str(problem["loc"][0]) if problem["loc"] else "?"
+    field = model.model_fields.get(key)
+    if problem["type"] == "extra_forbidden" or field is None:
+        return f"unknown recipe key '{key}' in {source}; valid keys: {', '.join(sorted(model.model_fields))}"
+    if problem["type"] == "missing":
+        return f"recipe setting '{key}' is missing in {source}; add it (see the packaged recipe)"
+    return f"recipe setting '{key}' must be {field.description}, got {problem['input']!r}; fix {source}"

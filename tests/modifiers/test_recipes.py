@@ -1,0 +1,96 @@
+"""Typed recipes and the optim level policy: every packaged recipe validates, bad values fail
+with one line naming the setting (from the schema), levels map as the original defined."""
+
+from __future__ import annotations
+
+import pytest
+from sparsify_runner.errors import InputError
+from sparsify_runner.recipes import (
+    OneShotRecipe,
+    SparseTransferRecipe,
+    TrainingAwareRecipe,
+    int8_wanted,
+    load_recipe,
+    macs_reduction_for_level,
+    packaged_recipe,
+    sparsity_for_level,
+    training_mode,
+)
+from sparsify_runner.recipes.schema import RECIPE_TYPES, validate_recipe
+from sparsify_runner.spec import Experiment, ExperimentType
+
+
+def _exp(exp_type: str, **kw) -> Experiment:
+    use_case = "custom-thing" if exp_type == "one-shot" else "image-classification"
+    return Experiment(type=exp_type, use_case=use_case, model="m.onnx", data="d", **kw)
+
+
+@pytest.mark.parametrize("exp_type", list(ExperimentType))
+def test_packaged_recipes_are_complete_and_valid(exp_type):
+    defaults = packaged_recipe(exp_type)
+    model = RECIPE_TYPES[exp_type]
+    assert set(defaults) == set(model.model_fields)  # the YAML documents every field, no more
+    recipe = validate_recipe(exp_type, defaults, "test")
+    assert recipe.settings() == defaults
+
+
+def test_load_recipe_returns_the_type_of_the_experiment():
+    assert isinstance(load_recipe(_exp("one-shot")), OneShotRecipe)
+    assert isinstance(load_recipe(_exp("training-aware")), TrainingAwareRecipe)
+    assert isinstance(load_recipe(_exp("sparse-transfer")), SparseTransferRecipe)
+
+
+@pytest.mark.parametrize(
+    ("exp_type", "args", "message"),
+    [
+        (
+            "one-shot",
+            {"sparsity": 1.2},
+            "recipe setting 'sparsity' must be null or a number in [0, 1), got 1.2",
+        ),
+        ("one-shot", {"sparsity": True}, "recipe setting 'sparsity' must be null or a number in [0, 1)"),
+        ("one-shot", {"pruning_method": "random"}, "'pruning_method' must be null, obs or magnitude"),
+        ("one-shot", {"calibration_samples": 0}, "'calibration_samples' must be a positive integer, got 0"),
+        ("one-shot", {"calibration_samples": "64"}, "'calibration_samples' must be a positive integer"),
+        ("training-aware", {"qat": "sometimes"}, "'qat' must be auto, true or false, got 'sometimes'"),
+        ("training-aware", {"qat_epochs": -1}, "'qat_epochs' must be an integer >= 0"),
+        ("training-aware", {"prune_depthwise": "yes"}, "'prune_depthwise' must be true or false"),
+        ("sparse-transfer", {"quantize": "maybe"}, "'quantize' must be auto, true or false"),
+        ("sparse-transfer", {"sparsity": 0.5}, "unknown recipe key 'sparsity' in --recipe-args; valid keys:"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_setting(exp_type, args, message):
+    with pytest.raises(InputError) as err:
+        load_recipe(_exp(exp_type, recipe_args=args))
+    text = str(err.value)
+    assert message in text and "\n" not in text
+
+
+def test_recipe_file_errors_name_the_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("int8_search_seconds: -5\n")
+    with pytest.raises(
+        InputError, match=r"'int8_search_seconds' must be a positive number, got -5; fix recipe file"
+    ):
+        load_recipe(_exp("training-aware"), path)
+
+
+def test_level_policy():
+    assert training_mode(0.0, "unstructured") == "baseline"
+    assert training_mode(0.2, "channels") == "quantization-only"
+    assert training_mode(0.3, "channels") == "channels"
+    assert training_mode(0.9, "unstructured") == "unstructured"
+    assert int8_wanted("auto", 0.0) is False and int8_wanted("auto", 0.1) is True
+    assert int8_wanted(False, 0.9) is False and int8_wanted(True, 0.0) is True
+    assert macs_reduction_for_level(ExperimentType.training_aware, 0.29) == 0.0
+    assert macs_reduction_for_level(ExperimentType.one_shot, 0.3) == pytest.approx(0.30)
+    assert macs_reduction_for_level(ExperimentType.one_shot, 1.0) == pytest.approx(0.75)
+    assert sparsity_for_level(ExperimentType.sparse_transfer, 0.65) == pytest.approx(0.775)
+
+
+def test_qat_epochs_auto_is_a_quarter_of_the_main_phase():
+    recipe = load_recipe(_exp("training-aware"))
+    assert recipe.qat_epoch_count(8) == 2 and recipe.qat_epoch_count(1) == 1
+    assert recipe.wants_qat(True) and not recipe.wants_qat(False)
+    explicit = load_recipe(_exp("training-aware", recipe_args={"qat_epochs": 3, "qat": False}))
+    assert explicit.qat_epoch_count(8) == 3 and not explicit.wants_qat(True)
