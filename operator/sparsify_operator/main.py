@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 
 import typer
@@ -50,10 +49,7 @@ def run(
     if not clusterwide and not namespaces:
         typer.echo("error: pass --namespace NS (repeatable) or --all-namespaces", err=True)
         raise typer.Exit(2)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    # kopf's own logging setup (one handler on the root logger; a second one doubled every line)
     kopf.configure(verbose=verbose)
     if metrics_port:
         start_http_server(metrics_port)
