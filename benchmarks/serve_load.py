@@ -179,7 +179,7 @@ def batch_stats(url: str, model_name: str) -> dict:
 
 
 def _start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str, str]:
-    cmd = [sys.executable, "-c", "from sparsify_operator.cli import main; main()", "serve", str(model)]
+    cmd = [sys.executable, "-c", "from sparsifyctl.cli import main; main()", "serve", str(model)]
     proc = subprocess.Popen(
         [*cmd, "--port", "0", *extra], stderr=subprocess.PIPE, text=True, env={**os.environ}
     )

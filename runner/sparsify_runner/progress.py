@@ -63,3 +63,17 @@ def bar(description: str, total: float | None, *, enabled: bool = True) -> Itera
         return
     with _progress() as progress:
         yield _Bar(progress, progress.add_task(description, total=total))
+
+
+def layer_progress(show: bool, total: int, verb: str = "pruning"):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{verb}[/bold] {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not show,
+        transient=False,
+    )
+    return progress, progress.add_task("", total=total)

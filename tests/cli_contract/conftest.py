@@ -31,12 +31,17 @@ TRAIN_FAST = {
     "checkpoint_every": 1000,
 }
 ONESHOT_FAST = {"benchmark_seconds": 0.2, "int8_candidate_seconds": 0.1, "int8_search_seconds": 5}
-TRAIN_RECIPE_FAST = {"benchmark_seconds": 0.2, "int8_search_seconds": 5, "qat": False}
+TRAIN_RECIPE_FAST = {
+    "benchmark_seconds": 0.2,
+    "int8_search_seconds": 5,
+    "int8_candidate_seconds": 0.1,
+    "qat": False,
+}
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """``sparsifyctl`` in-process: (exit code, stdout, stderr)."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

@@ -136,7 +136,7 @@ def test_dataset_bad_split_and_column_are_one_line(tiny_bert, saved_dict, tmp_pa
 
 
 def _subprocess(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from sparsify_operator.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from sparsifyctl.cli import main; main()", *args]
     full = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env}
     full.pop("HF_DATASETS_CACHE", None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full)

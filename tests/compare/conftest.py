@@ -74,7 +74,7 @@ def s3(moto_endpoint, monkeypatch, tmp_path):
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """The real ``sparsifyctl`` entry point in-process: (exit code, stdout, stderr)."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

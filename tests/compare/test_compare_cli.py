@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparsify_operator.compare import compare_table, load_runs
+from sparsifyctl.compare import compare_table, load_runs
 
 from .conftest import run_cli
 from .htmlcheck import check_self_contained, svgs
@@ -74,7 +74,7 @@ def test_a_dominated_run_is_off_the_front(tmp_path):
         tmp_path / "runs" / "slow", make_report("unstructured", accuracy=0.85, speedup=1.2, size=3_000_000)
     )
     records = load_runs([str(fast), str(safe), str(slow)])
-    from sparsify_operator.compare import compare_json
+    from sparsifyctl.compare import compare_json
 
     fronts = compare_json(records)["pareto"]
     assert str(slow) not in fronts["latency"] and str(slow) not in fronts["size"]
@@ -244,7 +244,7 @@ def test_compare_and_report_html_work_without_torch(tmp_path):
     fast, safe = _two_runs(tmp_path)
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None\n"
-        "from sparsify_operator.compare import load_runs, compare_html\n"
+        "from sparsifyctl.compare import load_runs, compare_html\n"
         "from sparsify_runner.report_html import render_report_html\n"
         "import sparsify_runner.storage.s3\n"
         f"records = load_runs([{str(fast)!r}, {str(safe)!r}])\n"

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def ctl(argv: list[str], capsys=None) -> tuple[int, str, str]:
     """``sparsifyctl ARGV`` in-process: (exit code, stdout, stderr)."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

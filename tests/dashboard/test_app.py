@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from sparsify_operator.compare import compare_html, load_runs
-from sparsify_operator.dashboard.app import TOKEN_COOKIE, TOKEN_HEADER, create_app
 from sparsify_runner.report import Report
 from sparsify_runner.report_html import SECTION_IDS
+from sparsifyctl.compare import compare_html, load_runs
+from sparsifyctl.dashboard.app import TOKEN_COOKIE, TOKEN_HEADER, create_app
 
 from .conftest import ctl
 

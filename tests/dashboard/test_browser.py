@@ -38,7 +38,7 @@ def _start_dashboard(runs_root: Path) -> tuple[subprocess.Popen, str]:
     cmd = [
         sys.executable,
         "-c",
-        "from sparsify_operator.cli import main; main()",
+        "from sparsifyctl.cli import main; main()",
         "dashboard",
         "--runs",
         str(runs_root),

@@ -14,11 +14,11 @@ import pytest
 import yaml
 from compare.conftest import moto_endpoint, s3  # noqa: F401  (fixtures reused)
 from fastapi.testclient import TestClient
-from sparsify_operator.dashboard.app import create_app
-from sparsify_operator.dashboard.sources import ClusterTarget
 from sparsify_operator.kube import Kube, load_configuration
 from sparsify_operator.models import GROUP, VERSION
 from sparsify_operator.sweep_models import SWEEP_KIND, SWEEP_PLURAL
+from sparsifyctl.dashboard.app import create_app
+from sparsifyctl.dashboard.sources import ClusterTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from op_harness import EXP, VERBS, Cluster, experiment  # noqa: E402

@@ -22,7 +22,7 @@ def start(
     cmd = [
         sys.executable,
         "-c",
-        "from sparsify_operator.cli import main; main()",
+        "from sparsifyctl.cli import main; main()",
         "dashboard",
         "--port",
         "0",

@@ -6,7 +6,7 @@ import re
 
 from compare.conftest import SECRET_KEY, moto_endpoint, s3  # noqa: F401  (fixtures reused)
 from fastapi.testclient import TestClient
-from sparsify_operator.dashboard.app import create_app
+from sparsifyctl.dashboard.app import create_app
 
 
 def test_runs_under_an_s3_prefix(s3, runs_root):  # noqa: F811

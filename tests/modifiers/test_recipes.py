@@ -94,3 +94,21 @@ def test_qat_epochs_auto_is_a_quarter_of_the_main_phase():
     assert recipe.wants_qat(True) and not recipe.wants_qat(False)
     explicit = load_recipe(_exp("training-aware", recipe_args={"qat_epochs": 3, "qat": False}))
     assert explicit.qat_epoch_count(8) == 3 and not explicit.wants_qat(True)
+
+
+@pytest.mark.parametrize("exp_type", list(ExperimentType))
+def test_example_user_recipes_validate_and_override(exp_type):
+    """examples/recipes/<type>.yaml (the documented examples) load through the same schema."""
+    from pathlib import Path
+
+    import yaml
+
+    path = (
+        Path(__file__).resolve().parents[2]
+        / "examples"
+        / "recipes"
+        / f"{exp_type.value.replace('-', '_')}.yaml"
+    )
+    recipe = load_recipe(_exp(exp_type.value), path)
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(recipe, key) == value

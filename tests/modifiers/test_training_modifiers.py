@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from sparsify_runner.modifiers.base import Event, Modifier, ModifierResult, checkpoint_key
-from sparsify_runner.modifiers.distillation import DistillationModifier, kd_loss
-from sparsify_runner.modifiers.gmp import GMPModifier, cubic_sparsity
-from sparsify_runner.modifiers.masks import FixedMasks, MaskSet, classifier_name, prunable_weights
-from sparsify_runner.modifiers.qat import FakeQuantModifier
+from sparsify_runner.modifiers.training.distillation import DistillationModifier, kd_loss
+from sparsify_runner.modifiers.training.gmp import GMPModifier, cubic_sparsity
+from sparsify_runner.modifiers.training.masks import FixedMasks, MaskSet, classifier_name, prunable_weights
+from sparsify_runner.modifiers.training.qat import FakeQuantModifier
 from sparsify_runner.training.checkpoint import CheckpointStore
 from sparsify_runner.training.config import TrainConfig
 from sparsify_runner.training.loop import Trainer

@@ -76,7 +76,7 @@ def samples(tmp_path_factory) -> Path:
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """The real ``sparsifyctl`` entry point in-process: (exit code, stdout, stderr)."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

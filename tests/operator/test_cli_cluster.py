@@ -21,7 +21,7 @@ NS = "ml"
 
 async def ctl(c: Cluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "KUBECONFIG": c.kubeconfig}
-    cmd = [sys.executable, "-c", "from sparsify_operator.cli import main; main()", *args]
+    cmd = [sys.executable, "-c", "from sparsifyctl.cli import main; main()", *args]
     return await asyncio.to_thread(subprocess.run, cmd, input=stdin, env=env, capture_output=True, text=True,
                                    timeout=120)
 
@@ -88,7 +88,7 @@ def test_apply_rejects_bad_manifest_before_sending(tmp_path):
     doc = (ROOT / "examples/k8s/one-shot.yaml").read_text().replace("optimLevel: 0.5", "optimLevel: 500")
     bad.write_text(doc)
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
-    proc = subprocess.run([sys.executable, "-c", "from sparsify_operator.cli import main; main()", "apply",
+    proc = subprocess.run([sys.executable, "-c", "from sparsifyctl.cli import main; main()", "apply",
                            "-f", str(bad)], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -14,7 +14,7 @@ from sparsify_operator.models import SparsifyExperiment
 from sparsify_operator.settings import OperatorSettings
 from test_crd import _experiment_rules_pass
 
-CTL = [sys.executable, "-c", "from sparsify_operator.cli import main; main()"]
+CTL = [sys.executable, "-c", "from sparsifyctl.cli import main; main()"]
 
 CASES = {
     "one-shot": [
@@ -100,7 +100,7 @@ def test_generate_each_type(exp_type):
 
 def test_generate_same_experiment_as_run_flags():
     """generate and run share the experiment flags: the runner gets the same experiment."""
-    from sparsify_operator.experiment_options import build_experiment
+    from sparsifyctl.experiment_options import build_experiment
 
     proc = _ctl("generate", "one-shot", *CASES["one-shot"], "--output", "s3://r/x", "--format", "json")
     assert proc.returncode == 0, proc.stderr

@@ -95,7 +95,7 @@ def mlp_onnx(tmp_path_factory) -> Path:
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """The real ``sparsifyctl`` entry point in-process: (exit code, stdout, stderr). Captures by
     redirecting sys.stdout/stderr, so module-scoped fixtures can share one run."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sparsify_runner.modifiers.allocation import AllocationPolicy, LayerProfile, allocate
+from sparsify_runner.kernels.allocation import AllocationPolicy, LayerProfile, allocate
 
 LAYERS = [
     LayerProfile("stem", 864, "first"),

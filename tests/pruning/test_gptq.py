@@ -7,8 +7,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from sparsify_runner.modifiers.gptq import gptq_quantize, round_to_grid, symmetric_scales
-from sparsify_runner.modifiers.hessian import HessianAccumulator, InputSpec
+from sparsify_runner.kernels.gptq import gptq_quantize, round_to_grid, symmetric_scales
+from sparsify_runner.kernels.hessian import HessianAccumulator, InputSpec
 from sparsify_runner.modifiers.onnx_gptq import gptq_onnx
 
 
@@ -68,7 +68,7 @@ def _outputs(model: onnx.ModelProto, data: list[dict[str, np.ndarray]]) -> np.nd
 
 
 def _rounded_to_nearest(model: onnx.ModelProto, qmax: int) -> onnx.ModelProto:
-    from sparsify_runner.modifiers.onnx_pruning import find_layers
+    from sparsify_runner.onnx_graph.layers import find_layers
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -128,7 +128,7 @@ def _integers_kept_by_onnxruntime(model: onnx.ModelProto, calibration, tmp_path)
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    from sparsify_runner.modifiers.onnx_pruning import find_layers
+    from sparsify_runner.onnx_graph.layers import find_layers
 
     rounded = {ly.weight_name for ly in find_layers(model)[0]}  # a tied weight is not ours to round
     ours = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in rounded}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from sparsify_runner.modifiers.hessian import HessianAccumulator, InputSpec, unfold_conv_input
-from sparsify_runner.modifiers.magnitude import magnitude_prune
-from sparsify_runner.modifiers.obs import relative_output_error, sparsegpt_prune, split_counts
+from sparsify_runner.kernels.hessian import HessianAccumulator, InputSpec, unfold_conv_input
+from sparsify_runner.kernels.magnitude import magnitude_prune
+from sparsify_runner.kernels.obs import relative_output_error, sparsegpt_prune, split_counts
 
 
 def _correlated_inputs(cols: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -145,7 +145,7 @@ def test_split_counts_is_exact() -> None:
 def test_upstream_correction_recovers_dense_output() -> None:
     """Inputs drifted by upstream pruning: pruning the corrected weights lands closer to the
     dense layer's output ``W X_dense`` than pruning ``W`` itself."""
-    from sparsify_runner.modifiers.obs import correct_to_dense
+    from sparsify_runner.kernels.obs import correct_to_dense
 
     g = torch.Generator().manual_seed(5)
     w = torch.randn(32, 64, generator=g)

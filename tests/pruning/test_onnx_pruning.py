@@ -8,8 +8,9 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from sparsify_runner.errors import InputError
-from sparsify_runner.modifiers.onnx_capture import SegmentedRunner, initializer_map
-from sparsify_runner.modifiers.onnx_pruning import PruneResult, find_layers, prune_onnx
+from sparsify_runner.modifiers.onnx_pruning import PruneResult, prune_onnx
+from sparsify_runner.onnx_graph.capture import SegmentedRunner, initializer_map
+from sparsify_runner.onnx_graph.layers import find_layers
 
 
 def _run(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> np.ndarray:

@@ -7,9 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sparsify_runner.evaluate import run_onnx
-from sparsify_runner.modifiers.allocation import LayerProfile, allocate, allocate_by_damage
-from sparsify_runner.modifiers.onnx_pruning import find_layers, prune_onnx
+from sparsify_runner.kernels.allocation import LayerProfile, allocate, allocate_by_damage
+from sparsify_runner.modifiers.onnx_pruning import prune_onnx
 from sparsify_runner.modifiers.sensitivity import measure_damage
+from sparsify_runner.onnx_graph.layers import find_layers
 
 DIM = 128
 

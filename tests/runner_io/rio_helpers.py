@@ -68,7 +68,7 @@ def mkey(name: str, **labels: str) -> str:
     return name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
-FAST_RECIPE = {"benchmark_seconds": 0.2, "calibration_samples": 16}
+FAST_RECIPE = {"benchmark_seconds": 0.2, "calibration_samples": 16, "int8_candidate_seconds": 0.1}
 
 
 def tiny_onnx(path: Path) -> None:

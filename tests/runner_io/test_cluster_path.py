@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from rio_helpers import ACCESS_KEY, FAST_RECIPE, SECRET_KEY, free_port, http_get, keys, mkey, parse_metrics
 
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
+
 SECRET = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}  # the Secret's data
 NOW = "2026-01-01T00:00:00Z"
 

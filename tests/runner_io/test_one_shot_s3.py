@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from rio_helpers import (
     ACCESS_KEY,
     FAST_RECIPE,
@@ -23,6 +24,9 @@ from rio_helpers import (
     read_summary,
     runner_cmd,
 )
+
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
 
 
 def _spec(tmp_path: Path, output: str) -> Path:
@@ -101,7 +105,7 @@ def test_one_shot_with_s3_uris(s3, s3env, tmp_path, one_shot_inputs, pushgateway
         [
             sys.executable,
             "-c",
-            "from sparsify_operator.cli import main; main()",
+            "from sparsifyctl.cli import main; main()",
             "run",
             "one-shot",
             "--use-case",

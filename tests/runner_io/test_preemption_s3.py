@@ -13,6 +13,9 @@ import time
 import pytest
 from rio_helpers import keys, read_summary, runner_cmd
 
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
+
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
@@ -53,6 +56,8 @@ def test_preempted_pod_resumes_from_s3_checkpoint(s3, s3env, tmp_path, training_
         "data": "s3://train-in/colors/",
         "optimLevel": 0.5,
         "trainKwargs": {"epochs": 10, "batch_size": 4, "dense_epochs": 0, "checkpoint_every": 5},
+        # short timing windows: the tiny model measures fine in them (the pods share this spec)
+        "recipeArgs": {"benchmark_seconds": 0.3, "int8_candidate_seconds": 0.15},
         "output": "s3://train-out/resume",
     }
     exp = tmp_path / "exp.json"

@@ -199,7 +199,7 @@ def tiny_bert(folder: Path) -> Path:
 
 def run_main(argv: list[str]) -> int:
     """``sparsifyctl`` in-process: its exit code."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     try:
         main(argv)

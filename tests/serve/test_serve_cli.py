@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.http as httpclient
-from sparsify_operator.cli import main
+from sparsifyctl.cli import main
 
 from .conftest import expected, linear_onnx, metric
 
@@ -25,7 +25,7 @@ def _start(*args: str) -> tuple[subprocess.Popen, str, str]:
     cmd = [
         sys.executable,
         "-c",
-        "from sparsify_operator.cli import main; main()",
+        "from sparsifyctl.cli import main; main()",
         "serve",
         *args,
         "--port",

@@ -23,7 +23,9 @@ from .conftest import (
 )
 
 FAST_TRAIN = json.dumps({"epochs": 1, "batch_size": 4})
-FAST_RECIPE = json.dumps({"benchmark_seconds": 0.1, "int8_search_seconds": 5, "qat": False})
+FAST_RECIPE = json.dumps(
+    {"benchmark_seconds": 0.1, "int8_search_seconds": 5, "int8_candidate_seconds": 0.05, "qat": False}
+)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def tiny_model(path: Path, *, batch: int | str = 1, extra_int64_input: bool = Fa
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
     """The real ``sparsifyctl`` entry point in-process: (exit code, stdout, stderr)."""
-    from sparsify_operator.cli import main
+    from sparsifyctl.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(argv)

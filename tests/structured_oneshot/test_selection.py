@@ -14,7 +14,7 @@ from sparsify_runner.modifiers.channel_selection import (
     prune_channels,
     select_channels,
 )
-from sparsify_runner.modifiers.onnx_channels import find_groups
+from sparsify_runner.onnx_graph.channels import find_groups
 
 from .conftest import bn_depthwise_graph, run_model
 

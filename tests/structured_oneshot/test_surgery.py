@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from sparsify_runner.modifiers.onnx_channels import (
+from sparsify_runner.onnx_graph.channels import (
     Removal,
     find_groups,
     own_parameters,

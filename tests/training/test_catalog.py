@@ -13,6 +13,9 @@ from helpers import report
 from sparsify_runner.catalog import Catalog, CatalogEntry, load_catalog, select
 from sparsify_runner.errors import InputError
 
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
+
 
 def _entry(name: str, params: int, sparsity: float, uc: str = "image-classification") -> CatalogEntry:
     return CatalogEntry(name=name, use_case=uc, uri=f"{name}.pt", parameters=params, sparsity=sparsity)

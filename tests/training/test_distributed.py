@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import onnxruntime as ort
+import pytest
 import yaml
+from conftest import FAST_TIMINGS
 from helpers import report
+
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
 
 
 def test_torchrun_two_processes_structured_with_qat(image_data: Path, cnn_checkpoint: Path, tmp_path: Path):
@@ -26,6 +31,7 @@ def test_torchrun_two_processes_structured_with_qat(image_data: Path, cnn_checkp
                 "optimLevel": 0.6,
                 "structure": "channels",
                 "trainKwargs": {"epochs": 3, "dense_epochs": 1, "batch_size": 4, "checkpoint_every": 2},
+                "recipeArgs": FAST_TIMINGS,
                 "output": str(out),
             }
         )

@@ -12,6 +12,9 @@ import torch
 from conftest import runner, sparsifyctl
 from helpers import conv_macs, conv_weights, report
 
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
+
 FAST = json.dumps({"epochs": 4, "batch_size": 8, "checkpoint_every": 3})
 
 

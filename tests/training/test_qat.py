@@ -14,7 +14,7 @@ from conftest import sparsifyctl
 from helpers import conv_weights, report
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from sparsify_runner.cpu_features import int8_saturates, saturates_without_vnni
-from sparsify_runner.modifiers.qat import FakeQuantModifier, fake_quant_weight
+from sparsify_runner.modifiers.training.qat import FakeQuantModifier, fake_quant_weight
 from torch import nn
 
 
@@ -202,6 +202,7 @@ def _run(
 
 
 @pytest.mark.parametrize("saturating_cpu", [False, True], ids=["vnni", "no-vnni"])
+@pytest.mark.slow
 def test_training_aware_compares_static_int8_with_qat(
     image_data: Path, cnn_checkpoint: Path, tmp_path: Path, saturating_cpu: bool
 ):
@@ -241,6 +242,7 @@ def test_training_aware_compares_static_int8_with_qat(
         assert any("no candidate was both faithful and faster" in n for n in r["notes"])
 
 
+@pytest.mark.slow
 def test_qat_can_be_switched_off_and_bad_values_are_refused(
     image_data: Path, cnn_checkpoint: Path, tmp_path: Path
 ):

@@ -10,16 +10,22 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
-from conftest import sparsifyctl
+from conftest import sparsifyctl, with_fast_timings
 from helpers import report
+
+# end-to-end runs of the real CLI in subprocesses (-m 'not slow' skips them)
+pytestmark = pytest.mark.slow
 
 
 def _start(image_data: Path, ckpt: Path, out: Path, kwargs: dict) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-c",
-        "from sparsify_operator.cli import main; main()",
+        "from sparsifyctl.cli import main; main()",
+    ]
+    cmd += with_fast_timings((
         "run",
         "training-aware",
         "--use-case",
@@ -35,7 +41,7 @@ def _start(image_data: Path, ckpt: Path, out: Path, kwargs: dict) -> subprocess.
         "-o",
         str(out),
         "--quiet",
-    ]
+    ))  # fmt: skip  (the same settings as the rerun through sparsifyctl: the checkpoint must match)
     return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -63,7 +69,7 @@ def test_sigterm_checkpoints_and_rerun_resumes(image_data: Path, cnn_checkpoint:
     stopped_at = saved["step"]
     assert 0 < stopped_at < 20 * 8
     assert {"model", "optimizer", "modifiers", "rng", "history"} <= set(saved)
-    assert saved["modifiers"]["GMPModifier"]["masks"]
+    assert saved["modifiers"]["0.GMPModifier"]["masks"]
 
     proc2 = sparsifyctl(
         "run",

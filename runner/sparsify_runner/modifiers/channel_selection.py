@@ -13,10 +13,10 @@ each step (so later choices see the compensated weights), as ZipLM does for head
 neurons. The cumulative errors form the group's error curve used for allocation.
 
 :func:`prune_channels` is the one-shot pipeline on an ONNX model: groups
-(``onnx_channels``) -> per-layer MACs and onnxruntime node times -> a profiling pass on
+(``onnx_graph.channels``) -> per-layer MACs and onnxruntime node times -> a profiling pass on
 the dense model (error curves) -> allocation (least error per millisecond saved until the
 MAC target is met) -> the sequential pass (consumers captured with earlier groups already
-removed, ``onnx_pruning.capture_waves``; optionally re-fitted to the dense model's outputs
+removed, ``onnx_graph.capture.capture_waves``; optionally re-fitted to the dense model's outputs
 first) -> graph surgery.
 """
 
@@ -35,9 +35,8 @@ import torch
 from onnx import numpy_helper
 
 from ..errors import InputError
-from ..report import LayerReport
-from .onnx_capture import initializer_map, write_back_initializers
-from .onnx_channels import (
+from ..onnx_graph.capture import capture_waves, initializer_map, write_back_initializers
+from ..onnx_graph.channels import (
     ChannelGroup,
     Removal,
     find_groups,
@@ -46,7 +45,9 @@ from .onnx_channels import (
     own_parameters,
     remove_channels,
 )
-from .onnx_pruning import PrunableLayer, assign_roles_and_waves, capture_waves, find_layers, layer_progress
+from ..onnx_graph.layers import PrunableLayer, assign_roles_and_waves, find_layers
+from ..progress import layer_progress
+from ..report import LayerReport
 
 
 # ---- numerics ---------------------------------------------------------------------------------
@@ -453,10 +454,10 @@ def prune_channels(
     # ---- per-layer latency (measured once), MAC-proportional where a node was not found ----
     times: dict[int, float] = {}
     if profile_latency:
-        from .onnx_pruning import _make_feeds
+        from ..onnx_graph.feeds import make_feeds
 
         t0 = time.perf_counter()
-        feed = _make_feeds(work, calibration[:1], set(inits))[0]
+        feed = make_feeds(work, calibration[:1], set(inits))[0]
         matched = _match_times(work, node_times_ms(work, feed, threads=threads or 2))
         times = {i: t for i, t in matched.items() if i in macs}
         timings["latency_layers_matched"] = len(times)

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_capture import initializer_map, session_options, with_outputs
+from ..onnx_graph.capture import initializer_map, session_options, with_outputs
 
 
 @dataclass

@@ -6,7 +6,7 @@ out: measured on the pretrained MobileNetV2, round-to-nearest weights alone (act
 float) keep 81% top-1 agreement with FP32; the same weights from this pass keep 98%.
 
 :func:`gptq_onnx` walks the Conv/Gemm/MatMul layers in waves, like the OBS pruning pass
-(``onnx_pruning.capture_waves``: each wave's inputs come from the model with the earlier
+(``onnx_graph.capture.capture_waves``: each wave's inputs come from the model with the earlier
 waves already rounded), and per layer
 
 1. rounds the weights with :func:`.gptq.gptq_quantize` on exactly the grid onnxruntime will
@@ -31,11 +31,12 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from .gptq import gptq_quantize
-from .hessian import DEFAULT_MAX_ROWS
-from .obs import relative_output_error
-from .onnx_capture import initializer_map, write_back_initializers
-from .onnx_pruning import PrunableLayer, assign_roles_and_waves, capture_waves, find_layers, layer_progress
+from ..kernels.gptq import gptq_quantize
+from ..kernels.hessian import DEFAULT_MAX_ROWS
+from ..kernels.obs import relative_output_error
+from ..onnx_graph.capture import capture_waves, initializer_map, write_back_initializers
+from ..onnx_graph.layers import PrunableLayer, assign_roles_and_waves, find_layers
+from ..progress import layer_progress
 
 
 @dataclass

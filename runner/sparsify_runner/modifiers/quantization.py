@@ -41,8 +41,9 @@ import numpy as np
 import onnx
 
 from ..evaluate import fidelity, fidelity_score, make_session, run_session
+from ..onnx_graph.capture import with_outputs
+from ..onnx_graph.feeds import batch_size, stack_batches
 from ..report import CandidateRecord, Fidelity
-from .onnx_capture import with_outputs
 
 log = logging.getLogger("sparsify.quantization")
 
@@ -86,10 +87,7 @@ class _Reader:
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def _feeds(self) -> Iterator[dict[str, np.ndarray]]:
-        for start in range(0, len(self._samples), self._batch):
-            chunk = self._samples[start : start + self._batch]
-            chunk = chunk + [chunk[-1]] * (self._batch - len(chunk))
-            yield {k: np.stack([s[k] for s in chunk]) for k in chunk[0]}
+        yield from stack_batches(self._samples, self._batch)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
@@ -116,13 +114,7 @@ class _Reader:
 
 
 def _batch_of(model: onnx.ModelProto) -> int:
-    inits = {i.name for i in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name not in inits:
-            d = vi.type.tensor_type.shape.dim
-            if d and d[0].HasField("dim_value") and d[0].dim_value > 0:
-                return int(d[0].dim_value)
-    return 1
+    return batch_size(model, {i.name for i in model.graph.initializer})
 
 
 def _prepare(

@@ -25,7 +25,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..evaluate import make_session
-from .magnitude import magnitude_prune
+from ..kernels.magnitude import magnitude_prune
+from ..onnx_graph.feeds import stack_batches
 
 DEFAULT_LEVELS = (0.25, 0.5, 0.7, 0.85, 0.95)
 
@@ -63,16 +64,10 @@ def _outputs(session, batches: list[dict[str, np.ndarray]], weights: dict[str, n
 
 
 def _batches(session, samples: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Samples stacked to the model's static batch size (the last batch padded), else one by one."""
+    """Samples stacked to the session's static batch size, else one by one."""
     inputs = session.get_inputs()
     dims = [i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0]
-    size = dims[0] if dims else 1
-    batches = []
-    for start in range(0, len(samples), size):
-        chunk = samples[start : start + size]
-        chunk = chunk + [chunk[-1]] * (size - len(chunk))
-        batches.append({i.name: np.stack([s[i.name] for s in chunk]) for i in inputs})
-    return batches
+    return stack_batches(samples, dims[0] if dims else 1, [i.name for i in inputs])
 
 
 def measure_damage(
@@ -83,7 +78,7 @@ def measure_damage(
     levels: tuple[float, ...] = DEFAULT_LEVELS,
     threads: int = 0,
 ) -> DamageCurves:
-    """Damage curves of ``layers`` (``onnx_pruning.PrunableLayer``), one layer pruned at a time.
+    """Damage curves of ``layers`` (``onnx_graph.layers.PrunableLayer``), one layer pruned at a time.
     The model is not modified."""
     started = time.perf_counter()
     inits = {init.name: init for init in model.graph.initializer}

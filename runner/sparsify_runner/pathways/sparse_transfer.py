@@ -16,8 +16,8 @@ from ..context import RunContext
 from ..errors import InputError
 from ..models import load_model
 from ..modifiers.base import Modifier
-from ..modifiers.distillation import DistillationModifier
-from ..modifiers.masks import FixedMasks, MaskSet
+from ..modifiers.training.distillation import DistillationModifier
+from ..modifiers.training.masks import FixedMasks, MaskSet
 from ..recipes import int8_wanted
 from ..report import Report
 from ..training import pipeline as P

@@ -12,10 +12,10 @@ import torch
 from ..context import RunContext
 from ..models import load_model
 from ..modifiers.base import Modifier
-from ..modifiers.distillation import DistillationModifier
-from ..modifiers.gmp import GMPModifier
-from ..modifiers.masks import MaskSet, classifier_name, prunable_weights
-from ..modifiers.structured import StructuredPruner, count_macs
+from ..modifiers.training.distillation import DistillationModifier
+from ..modifiers.training.gmp import GMPModifier
+from ..modifiers.training.masks import MaskSet, classifier_name, prunable_weights
+from ..modifiers.training.structured import StructuredPruner, count_macs
 from ..recipes import (
     TrainingAwareRecipe,
     int8_wanted,

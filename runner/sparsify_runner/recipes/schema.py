@@ -63,6 +63,7 @@ class TrainingRecipe(Recipe):
     distillation_weight: float = _setting("a number in [0, 1]", ge=0, le=1)
     distillation_temperature: float = _setting("a positive number", gt=0)
     max_int8_accuracy_drop: float = _setting("a number in [0, 1]", ge=0, le=1)
+    int8_candidate_seconds: float = _setting("a positive number", gt=0)
     qat: AutoOrBool = _setting("auto, true or false")
     qat_epochs: int = _setting("an integer >= 0 (0: a quarter of the main phase, at least 1)", ge=0)
     qat_lr_scale: float = _setting("a positive number", gt=0)

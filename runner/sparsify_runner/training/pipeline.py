@@ -160,7 +160,16 @@ def finalize(
         for key, source, label, reduce_range in sources:
             out = build / f"model_int8_{key}.onnx"
             result = _static_int8(
-                ctx, source, out, calib, val_samples, fmt, budget, notes, reduce_range=reduce_range
+                ctx,
+                source,
+                out,
+                calib,
+                val_samples,
+                fmt,
+                budget,
+                notes,
+                reduce_range=reduce_range,
+                candidate_seconds=recipe.int8_candidate_seconds,
             )
             if result is None:
                 continue
@@ -267,6 +276,7 @@ def _static_int8(
     notes: list[str],
     *,
     reduce_range: bool | None = None,
+    candidate_seconds: float = 1.5,
 ):
     """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it."""
     from ..modifiers.quantization import quantize_int8
@@ -280,6 +290,7 @@ def _static_int8(
             quant_format=fmt,
             show_progress=ctx.show_progress,
             time_budget_s=budget_s,
+            bench_seconds=candidate_seconds,
             reduce_range=reduce_range,
         )
     except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
@@ -441,9 +452,9 @@ def run_qat_phase(
     """Quantization-aware fine-tuning of a copy of ``model`` (INT8 simulated in the forward
     pass, zeros held when ``keep_zeros``, distillation from ``teacher``). The caller builds
     INT8 from both this copy and ``model`` and keeps the one that measures better."""
-    from ..modifiers.distillation import DistillationModifier
-    from ..modifiers.masks import FixedMasks, MaskSet
-    from ..modifiers.qat import FakeQuantModifier
+    from ..modifiers.training.distillation import DistillationModifier
+    from ..modifiers.training.masks import FixedMasks, MaskSet
+    from ..modifiers.training.qat import FakeQuantModifier
 
     qat_model = copy_model(model)
     # FakeQuantModifier.finalize puts the plain layers back when training ends

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Modifier, ModifierResult
+from ..base import Modifier, ModifierResult
 
 QUANTIZED_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 

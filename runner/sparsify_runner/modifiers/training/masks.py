@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Event, Modifier
+from ..base import Event, Modifier
 
 
 def prunable_weights(

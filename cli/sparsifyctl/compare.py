@@ -243,7 +243,7 @@ class _Cluster:
     def kube(self, source: str) -> Any:
         if self._kube is None:
             try:
-                from .kube import Kube, load_configuration
+                from sparsify_operator.kube import Kube, load_configuration
             except ModuleNotFoundError as err:  # pragma: no cover - depends on the install
                 raise InputError(
                     f"'{source}' is not a local path; reading it from a cluster needs the '{err.name}' "
@@ -261,9 +261,8 @@ class _Cluster:
 
     def get(self, source: str, fetch: Callable[[Any, str, str], dict[str, Any]]) -> dict[str, Any] | None:
         kube = self.kube(source)  # first: a missing package or kube config is its own message
+        from sparsify_operator.kube import ApiError
         from urllib3.exceptions import HTTPError  # the kubernetes package's transport
-
-        from .kube import ApiError
 
         namespace, name = source.split("/", 1)
         try:

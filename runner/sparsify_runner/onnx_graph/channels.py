@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_capture import initializer_map, node_inputs
+from .capture import initializer_map, node_inputs
 
 _UNARY = {
     "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Tanh",

@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sparsify_operator.kube import ApiError
 from sparsify_runner.errors import InputError
 from sparsify_runner.spec import DeployTarget
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..kube import ApiError
 from . import forms
 from .sources import HEADLINE, ClusterTarget, Entry, NotAvailable, Sources, optional_module, point_cells
 
@@ -251,7 +251,7 @@ def create_app(
     def compare_document(request: Request):
         chosen = selected(request)
         try:
-            compare = optional_module("sparsify_operator.compare", "the compare view")
+            compare = optional_module("sparsifyctl.compare", "the compare view")
             records = [r for e in chosen for r in sources.records(e)]
         except NotAvailable as err:
             return message(request, "Not available", str(err), 501)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import Event, Modifier
+from ..base import Event, Modifier
 from .masks import MaskSet
 
 

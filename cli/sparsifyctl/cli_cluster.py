@@ -17,13 +17,13 @@ from typing import Any
 
 import typer
 import yaml
+from sparsify_operator import crd as crd_mod
+from sparsify_operator import jobs
+from sparsify_operator.models import API_VERSION, KIND, TERMINAL_PHASES
 from sparsify_runner.errors import InputError
 
-from . import crd as crd_mod
-from . import jobs
 from .cli import app
 from .experiment_options import build_experiment, with_experiment_options
-from .models import API_VERSION, KIND, TERMINAL_PHASES
 
 _NS = typer.Option(None, "--namespace", "-n", help="Namespace (default: the kube context's).")
 _CTX = typer.Option(None, "--context", help="Kube context (default: current).")
@@ -239,7 +239,8 @@ def generate_command(
 
 def _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region, resources, selector, fmt):
     """`generate serve`: the finished run (cluster experiment or s3 prefix) -> InferenceService."""
-    from . import inference_service as isvc
+    from sparsify_operator import inference_service as isvc
+
     from .experiment_options import EXPERIMENT_PARAMS
 
     stray = [f for f in flags if f.startswith("--")] + [
@@ -321,7 +322,7 @@ def crd_command(
 
 def _client(context: str | None):
     try:
-        from .kube import Kube, load_configuration
+        from sparsify_operator.kube import Kube, load_configuration
     except ModuleNotFoundError as err:  # pragma: no cover - depends on the install
         _fail(f"the '{err.name}' package is missing; install sparsify-k8s[operator]")
     try:
@@ -346,7 +347,7 @@ def _namespace(namespace: str | None, context: str | None) -> str:
 
 
 def _api_call(fn, *args):
-    from .kube import ApiError
+    from sparsify_operator.kube import ApiError
 
     try:
         return fn(*args)
@@ -399,7 +400,7 @@ def apply_command(
         ns = (doc.get("metadata") or {}).get("namespace") or _namespace(namespace, context)
         name = doc["metadata"]["name"]
         doc["metadata"]["namespace"] = ns
-        from .kube import ApiError
+        from sparsify_operator.kube import ApiError
 
         try:
             kube.create_experiment(ns, doc)

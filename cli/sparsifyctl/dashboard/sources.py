@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-
-from ..models import GROUP
+from sparsify_operator.models import GROUP
 
 REPORT_FILE = "report.json"
 SWEEP_FILE = "sweep.json"
@@ -220,7 +219,7 @@ class Sources:
         return entries, problems
 
     def _load_runs(self, sources: list[str], *, context: str | None = None) -> list[Any]:
-        compare = optional_module("sparsify_operator.compare", "loading reports")
+        compare = optional_module("sparsifyctl.compare", "loading reports")
         return compare.load_runs(sources, context=context)
 
     def _record_entry(self, key: str, origin: str, record: Any, *, sweep: str | None = None) -> Entry:

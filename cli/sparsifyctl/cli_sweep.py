@@ -161,10 +161,9 @@ def sweep_manifest(experiment: dict[str, Any], fields: dict[str, Any]) -> dict[s
     """A generated SparsifyExperiment manifest -> the SparsifySweep over ``fields``' grid
     (validated with the CRD's model; a bad value exits 2 with one line)."""
     from pydantic import ValidationError
+    from sparsify_operator.sweep_models import API_VERSION, SWEEP_KIND, SparsifySweepSpec
     from sparsify_runner.cli import fail
     from sparsify_runner.errors import InputError
-
-    from .sweep_models import API_VERSION, SWEEP_KIND, SparsifySweepSpec
 
     template = {**experiment["spec"]}
     template["experiment"] = {k: v for k, v in template["experiment"].items() if k != "optimLevel"}

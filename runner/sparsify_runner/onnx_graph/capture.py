@@ -1,7 +1,8 @@
 """Capture intermediate tensors of an ONNX graph with onnxruntime, segment by segment.
 
 Sequential pruning needs, for every group ("wave") of layers, their inputs as computed by
-the model with all earlier layers already pruned. Re-running the whole model once per
+the model with all earlier layers already pruned (``capture_waves`` yields each wave's
+layers with their input statistics: Hessian, cross term, drift, mean). Re-running the whole model once per
 wave would cost ``waves x`` a full pass (50+ for ResNet-50). Instead the graph is cut into
 segments: segment k holds exactly the not-yet-executed nodes needed to compute wave k's
 inputs, starting from a cache of "frontier" tensors (every computed tensor a later node
@@ -13,12 +14,22 @@ sequential pass costs about one forward pass plus one session per wave.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
 from onnx import helper
+
+from ..kernels.hessian import HessianAccumulator, InputSpec
+from .feeds import make_feeds
+
+if TYPE_CHECKING:  # layers imports this module
+    from .layers import PrunableLayer
 
 log = logging.getLogger("sparsify.capture")
 
@@ -188,3 +199,81 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
         if name not in existing:
             m.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return m
+
+
+@dataclass
+class LayerStatistics:
+    """A layer's input statistics from one wave's capture: ``H = 2/n X X^T``, the rows kept,
+    the dense cross term and drift (``correct_upstream`` only) and the mean input ``E[x]``."""
+
+    hessian: torch.Tensor
+    rows: int
+    cross: torch.Tensor | None
+    drift: float
+    mean: torch.Tensor
+
+
+def capture_waves(
+    model: onnx.ModelProto,
+    inits: dict[str, onnx.TensorProto],
+    todo: list[PrunableLayer],
+    calibration: list[dict[str, np.ndarray]],
+    timings: dict[str, float],
+    progress,
+    task,
+    *,
+    max_rows: int,
+    correct_upstream: bool,
+    threads: int,
+) -> Iterator[tuple[list[PrunableLayer], dict[tuple[str, InputSpec], LayerStatistics]]]:
+    """Wave by wave, the layers of the wave and their input statistics on the calibration set.
+
+    The caller rewrites the wave's weights in ``inits`` before asking for the next wave, so
+    every later wave sees the inputs the modified model produces (sequential, as in
+    SparseGPT/GPTQ). With ``correct_upstream`` the unmodified model runs alongside for the
+    cross term ``X_dense X^T``. Adds ``capture_s`` and ``hessian_s`` to ``timings``."""
+    feeds = make_feeds(model, calibration, set(inits))
+    runner = SegmentedRunner(model, feeds, inits, threads=threads)
+    dense_runner = SegmentedRunner(model, feeds, dict(inits), threads=threads) if correct_upstream else None
+    waves = sorted({ly.wave for ly in todo})
+    for wave_no, wave in enumerate(waves, 1):
+        members = [ly for ly in todo if ly.wave == wave]
+        progress.update(task, description=f"wave {wave_no}/{len(waves)}: capturing {len(members)} layer(s)")
+        accs: dict[tuple[str, InputSpec], HessianAccumulator] = {}
+        by_tensor: dict[str, list[HessianAccumulator]] = {}
+        for ly in members:
+            key = (ly.data_input, ly.spec)
+            if key not in accs:
+                accs[key] = HessianAccumulator(
+                    ly.spec,
+                    len(calibration),
+                    max_rows=max_rows,
+                    seed=len(accs),
+                    rows_scale=0.5 if correct_upstream else 1.0,
+                )
+                by_tensor.setdefault(ly.data_input, []).append(accs[key])
+        hess_time = [0.0]
+        dense: dict[str, list[np.ndarray]] = {name: [] for name in by_tensor}
+        seen = dict.fromkeys(by_tensor, 0)
+
+        def consume(name: str, arr: np.ndarray, _by=by_tensor, _t=hess_time, _d=dense, _n=seen) -> None:
+            t0 = time.perf_counter()
+            ref = _d[name][_n[name]] if _d[name] else None
+            _n[name] += 1
+            for acc in _by.get(name, ()):
+                acc.add(arr, ref)
+            _t[0] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if dense_runner is not None:
+            dense_runner.capture(sorted(by_tensor), lambda n, a, _d=dense: _d[n].append(a))
+        runner.capture(sorted(by_tensor), consume)
+        dense.clear()
+        stats = {
+            key: LayerStatistics(acc.finalize(), acc.rows, acc.finalize_cross(), acc.drift(), acc.mean())
+            for key, acc in accs.items()
+        }
+        timings["capture_s"] += time.perf_counter() - t0 - hess_time[0]
+        timings["hessian_s"] += hess_time[0]
+        progress.update(task, description=f"wave {wave_no}/{len(waves)}")
+        yield members, stats

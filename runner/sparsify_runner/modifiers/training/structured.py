@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Event, Modifier
+from ..base import Event, Modifier
 
 log = logging.getLogger("sparsify.training")
 
