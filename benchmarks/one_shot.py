@@ -30,11 +30,11 @@ def _stock_quantize(model: Path, calibration: list, out: Path) -> float:
     import logging
 
     from onnxruntime.quantization import quantize_static
-    from sparsify_runner.modifiers.quantization import _Reader
+    from sparsify_runner.modifiers.int8.candidates import CalibrationReader
 
     logging.getLogger().setLevel(logging.ERROR)
     started = time.perf_counter()
-    quantize_static(str(model), str(out), _Reader(calibration, 1))
+    quantize_static(str(model), str(out), CalibrationReader(calibration, 1))
     return round(time.perf_counter() - started, 2)
 
 

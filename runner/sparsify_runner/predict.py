@@ -427,7 +427,7 @@ def _cpu_has_vnni() -> bool | None:
 
 
 def int8_settings(deploy: DeployTarget) -> dict[str, Any]:
-    """The settings the product's INT8 search starts from (modifiers/quantization.py): static,
+    """The settings the product's INT8 search starts from (modifiers/int8/): static,
     per-channel s8 weights, u8 activations, MinMax calibration; 7-bit weights (reduce_range)
     where the CPU lacks VNNI (the product's fix for u8s8 saturation)."""
     fmt = "qoperator" if deploy.quant_format == "qoperator" else "qdq"
@@ -577,11 +577,11 @@ def _quantize(fp32: Path, out: Path, x_shape: list[int], settings: dict[str, Any
     import numpy as np
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .modifiers.quantization import _quiet
+    from .modifiers.int8.candidates import quiet_quantizer
 
     rng = np.random.default_rng(1)
     feeds = [{"x": rng.standard_normal(x_shape).astype(np.float32)} for _ in range(4)]
-    with _quiet():
+    with quiet_quantizer():
         quantize_static(
             str(fp32),
             str(out),

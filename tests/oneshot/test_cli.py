@@ -70,7 +70,7 @@ def test_level_02_int8_only(tiny_onnx, samples, tmp_path, capsys):
     if not quantized:  # the honest fallback must say so
         assert any("INT8 not applied" in n for n in rep["notes"])
     else:
-        from sparsify_runner.modifiers.quantization import within_budget
+        from sparsify_runner.modifiers.int8 import within_budget
         from sparsify_runner.report import Fidelity
 
         assert within_budget(Fidelity(**rep["fidelity"]), 0.99)

@@ -74,8 +74,8 @@ def test_equalization_is_exact_and_equalizes_channel_ranges(tmp_path, activation
 
 def test_equalization_lowers_int8_error(tmp_path):
     from onnxruntime.quantization import QuantType, quantize_static
+    from sparsify_runner.modifiers.int8.candidates import CalibrationReader
     from sparsify_runner.modifiers.onnx_equalize import equalize_activations
-    from sparsify_runner.modifiers.quantization import _Reader
 
     model = onnx.load(str(export(_imbalanced_cnn(), tmp_path / "m.onnx")))
     calib = [{"x": f["x"][0]} for f in _feeds(32, seed=0)]
@@ -83,7 +83,7 @@ def test_equalization_lowers_int8_error(tmp_path):
     plain = tmp_path / "plain.onnx"
     onnx.save(model, str(plain))
     equalized = tmp_path / "equalized.onnx"
-    onnx.save(equalize_activations(model, _Reader(calib, 1)._feeds()).model, str(equalized))
+    onnx.save(equalize_activations(model, CalibrationReader(calib, 1)._feeds()).model, str(equalized))
     ref = _run(model, held_out)
     errors = {}
     for src in (plain, equalized):
@@ -91,7 +91,7 @@ def test_equalization_lowers_int8_error(tmp_path):
         quantize_static(
             str(src),
             str(out),
-            _Reader(calib, 1),
+            CalibrationReader(calib, 1),
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,

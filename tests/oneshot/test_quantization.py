@@ -15,7 +15,7 @@ def _samples(n: int, seed: int = 0):
 
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_quantize_int8_picks_candidate_and_records_alternatives(tiny_onnx, tmp_path, fmt):
-    from sparsify_runner.modifiers.quantization import quantize_int8
+    from sparsify_runner.modifiers.int8 import quantize_int8
 
     out = tmp_path / "int8.onnx"
     result = quantize_int8(
@@ -45,7 +45,7 @@ def test_quantize_int8_picks_candidate_and_records_alternatives(tiny_onnx, tmp_p
 
 
 def test_quantize_int8_falls_back_to_fp32_when_nothing_qualifies(tiny_onnx, tmp_path):
-    from sparsify_runner.modifiers.quantization import quantize_int8
+    from sparsify_runner.modifiers.int8 import quantize_int8
 
     out = tmp_path / "int8.onnx"
     # An impossible speed requirement: no INT8 candidate qualifies, FP32 is returned and said so.
@@ -70,7 +70,7 @@ def test_quantize_int8_falls_back_to_fp32_when_nothing_qualifies(tiny_onnx, tmp_
 @pytest.mark.parametrize("reduce_range", [True, False])
 def test_quantize_int8_can_be_held_to_one_weight_grid(tiny_onnx, tmp_path, reduce_range):
     """A model tuned by QAT for one weight grid is built on that grid only."""
-    from sparsify_runner.modifiers.quantization import quantize_int8
+    from sparsify_runner.modifiers.int8 import quantize_int8
 
     result = quantize_int8(
         tiny_onnx,
@@ -88,13 +88,14 @@ def test_quantize_int8_can_be_held_to_one_weight_grid(tiny_onnx, tmp_path, reduc
 
 def test_node_sensitivity_ranks_quantized_nodes(tiny_onnx, tmp_path):
     from onnxruntime.quantization import QuantType, quantize_static
-    from sparsify_runner.modifiers.quantization import _Reader, node_sensitivity
+    from sparsify_runner.modifiers.int8 import node_sensitivity
+    from sparsify_runner.modifiers.int8.candidates import CalibrationReader
 
     q = tmp_path / "q.onnx"
     quantize_static(
         str(tiny_onnx),
         str(q),
-        _Reader(_samples(8), 1),
+        CalibrationReader(_samples(8), 1),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -108,7 +109,7 @@ def test_node_sensitivity_ranks_quantized_nodes(tiny_onnx, tmp_path):
 
 
 def test_flip_allowance_follows_the_binomial_budget():
-    from sparsify_runner.modifiers.quantization import allowed_flips, within_budget
+    from sparsify_runner.modifiers.int8 import allowed_flips, within_budget
     from sparsify_runner.report import Fidelity
 
     assert [allowed_flips(n, 0.01) for n in (8, 64, 200)] == [0, 1, 3]
@@ -120,7 +121,7 @@ def test_flip_allowance_follows_the_binomial_budget():
 
 
 def test_search_starts_no_candidate_that_would_overrun_its_budget(tiny_onnx, tmp_path):
-    from sparsify_runner.modifiers.quantization import quantize_int8
+    from sparsify_runner.modifiers.int8 import quantize_int8
 
     result = quantize_int8(
         tiny_onnx,
@@ -137,8 +138,8 @@ def test_search_starts_no_candidate_that_would_overrun_its_budget(tiny_onnx, tmp
 
 
 class _ScriptedSearch:
-    """Stands in for ``_Search``'s measurements: each candidate name has a given speedup and
-    top-1 agreement on 64 held-out samples, so ``_search``'s policy runs on known numbers."""
+    """Stands in for ``CandidateBuilder``'s measurements: each candidate name has a given speedup and
+    top-1 agreement on 64 held-out samples, so ``search``'s policy runs on known numbers."""
 
     def __init__(self, measured: dict[str, tuple[float, float]]) -> None:
         self.measured, self.done = measured, []
@@ -146,12 +147,12 @@ class _ScriptedSearch:
         self.gptq_notes: list[str] = []
 
     def build(self, name: str, **settings):
-        from sparsify_runner.modifiers.quantization import _Candidate
+        from sparsify_runner.modifiers.int8.candidates import Candidate
         from sparsify_runner.report import Fidelity
 
         speedup, agreement = self.measured[name]
         fid = Fidelity(samples=64, top1_agreement=agreement, cosine_similarity=agreement)
-        c = _Candidate(
+        c = Candidate(
             name=name,
             path=None,
             settings={"activations": settings.get("activation", "u8"), "reduce_range": False, **settings},
@@ -170,7 +171,7 @@ def test_a_slow_passing_setting_does_not_end_the_search():
     goes on refining the fast setting, and ships the refined fast candidate that passes."""
     import time
 
-    from sparsify_runner.modifiers.quantization import _search
+    from sparsify_runner.modifiers.int8.search import search
 
     s = _ScriptedSearch(
         {
@@ -180,7 +181,7 @@ def test_a_slow_passing_setting_does_not_end_the_search():
             "int8-u8s8-gptq": (2.25, 0.78125),
         }
     )
-    chosen = _search(s, 0.75, 1.0, time.perf_counter(), 300.0, 8, [])
+    chosen = search(s, 0.75, 1.0, time.perf_counter(), 300.0, 8, [])
     assert [c.name for c in s.done][-1] == "int8-u8s8-gptq"
     assert chosen is not None and chosen.name == "int8-u8s8-gptq"
 
@@ -188,10 +189,10 @@ def test_a_slow_passing_setting_does_not_end_the_search():
 def test_a_fast_passing_setting_ends_the_search():
     import time
 
-    from sparsify_runner.modifiers.quantization import _search
+    from sparsify_runner.modifiers.int8.search import search
 
     s = _ScriptedSearch(
         {"int8-u8s8": (2.30, 1.0), "int8-s8s8": (1.15, 1.0), "int8-u8s8-reduce-range": (2.0, 1.0)}
     )
-    chosen = _search(s, 0.99, 1.0, time.perf_counter(), 300.0, 8, [])
+    chosen = search(s, 0.99, 1.0, time.perf_counter(), 300.0, 8, [])
     assert len(s.done) == 3 and chosen.name == "int8-u8s8"

@@ -116,14 +116,14 @@ def _integers_kept_by_onnxruntime(model: onnx.ModelProto, calibration, tmp_path)
     """Quantize with onnxruntime's per-channel static quantizer and check every INT8 weight it
     wrote dequantizes to exactly our rounded weight; returns how many weights were compared."""
     from onnxruntime.quantization import QuantType, quantize_static
-    from sparsify_runner.modifiers.quantization import _Reader
+    from sparsify_runner.modifiers.int8.candidates import CalibrationReader
 
     src, dst = tmp_path / "gptq.onnx", tmp_path / "int8.onnx"
     onnx.save(model, str(src))
     quantize_static(
         str(src),
         str(dst),
-        _Reader(calibration, 1),
+        CalibrationReader(calibration, 1),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

@@ -7,7 +7,7 @@ per-layer records, candidates and the numbers the report shows. The one-shot pat
 the list ``plan`` builds from the typed recipe and the optim level, in order.
 
 The numerical kernels live in their own modules (``onnx_pruning`` / ``obs`` for OBS and
-magnitude pruning, ``channel_selection`` for structured OBS, ``quantization`` for the INT8
+magnitude pruning, ``channel_selection`` for structured OBS, ``int8`` for the INT8
 search with its equalization and GPTQ candidates); these classes only adapt them.
 """
 
@@ -183,7 +183,7 @@ class Int8Search(Modifier):
         )
 
     def finalize(self, state: OneShotState) -> ModifierResult:
-        from .quantization import quantize_int8
+        from .int8 import quantize_int8
 
         state.stage("quantize")
         start = time.perf_counter()

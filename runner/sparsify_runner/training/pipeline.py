@@ -279,7 +279,7 @@ def _static_int8(
     candidate_seconds: float = 1.5,
 ):
     """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it."""
-    from ..modifiers.quantization import quantize_int8
+    from ..modifiers.int8 import quantize_int8
 
     try:
         result = quantize_int8(

@@ -1,7 +1,7 @@
 """Quantization-aware training: fine-tune with INT8 simulated in the forward pass, so the
 weights settle where onnxruntime's static INT8 loses little.
 
-What is simulated mirrors the static QDQ model that ``quantization.quantize_int8`` builds:
+What is simulated mirrors the static QDQ model that ``int8.quantize_int8`` builds:
 every Conv/Linear weight fake-quantized per output channel, symmetric, signed 8-bit (zero
 stays exactly zero, so sparsity masks survive); every Conv/Linear input, and the logits,
 fake-quantized per tensor, asymmetric unsigned 8-bit, with its range tracked as an

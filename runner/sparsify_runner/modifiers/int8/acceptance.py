@@ -1,0 +1,44 @@
+"""INT8 search, stage 4: when a candidate is faithful enough (a binomial allowance of top-1
+flips on the held-out samples, or a cosine floor) and fast enough, and which one is picked."""
+
+from __future__ import annotations
+
+import math
+
+from ...report import Fidelity
+from .candidates import Candidate, CandidateBuilder
+
+
+def allowed_flips(n: int, max_loss: float, alpha: float = 0.2) -> int:
+    """Most top-1 disagreements out of ``n`` held-out samples still plausible for a model whose
+    true loss is ``max_loss``: the largest k with P(X >= k) >= alpha, X ~ Binomial(n, max_loss).
+    With a 1% budget: 0 of 8, 1 of 64, 3 of 200. Demanding zero flips on 64 samples would reject
+    a model that really is 99% faithful about half the time (1 - 0.99**64 = 0.47)."""
+    if max_loss <= 0.0 or n <= 0:
+        return 0
+    p = min(max_loss, 1.0)
+    tail = 1.0  # P(X >= k), starting at k = 0
+    for k in range(n + 1):
+        if tail < alpha:
+            return k - 1
+        tail -= math.comb(n, k) * p**k * (1 - p) ** (n - k)
+    return n
+
+
+def within_budget(fid: Fidelity, min_score: float) -> bool:
+    """Top-1 agreement: flips allowed by :func:`allowed_flips`; other outputs: cosine >= min_score."""
+    if fid.top1_agreement is None:
+        return fid.cosine_similarity >= min_score
+    flips = round((1.0 - fid.top1_agreement) * fid.samples)
+    return flips <= allowed_flips(fid.samples, 1.0 - min_score)
+
+
+def passes(c: Candidate, min_score: float, min_speedup: float) -> bool:
+    return within_budget(c.fidelity, min_score) and c.speedup >= min_speedup
+
+
+def pick(s: CandidateBuilder, min_score: float, min_speedup: float) -> Candidate | None:
+    ok = [c for c in s.done if passes(c, min_score, min_speedup)]
+    if not ok:
+        return None
+    return max(ok, key=lambda c: (c.speedup, c.score))
