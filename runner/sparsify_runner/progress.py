@@ -9,18 +9,31 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _progress():
+def make_progress(
+    *,
+    label: str = "[bold]{task.description}",
+    extra: tuple = (),
+    transient: bool = False,
+    disable: bool = False,
+):
+    """The one rich ``Progress`` builder (on stderr, so stdout stays the command's output):
+    ``label``, a bar, ``extra`` columns (default: done/total and elapsed time)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    columns = extra or (MofNCompleteColumn(), TimeElapsedColumn())
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn(label),
         BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
+        *columns,
         console=Console(stderr=True),
-        transient=False,
+        transient=transient,
+        disable=disable,
     )
+
+
+def _progress():
+    return make_progress()
 
 
 def track(
@@ -66,14 +79,6 @@ def bar(description: str, total: float | None, *, enabled: bool = True) -> Itera
 
 
 def layer_progress(show: bool, total: int, verb: str = "pruning"):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn(f"[bold]{verb}[/bold] {{task.description}}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        disable=not show,
-        transient=False,
-    )
+    """A (progress, task) pair for a pass over layers, labelled ``verb`` + the current layer."""
+    progress = make_progress(label=f"[bold]{verb}[/bold] {{task.description}}", disable=not show)
     return progress, progress.add_task("", total=total)

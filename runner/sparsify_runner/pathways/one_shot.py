@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,29 +36,26 @@ def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) ->
     return merged
 
 
-def run(ctx: RunContext) -> Report:
-    from ..benchmark import measure_latency
-    from ..data.npz import load_npz_folder, split_samples
-    from ..evaluate import accuracy, fidelity, fidelity_score
-    from ..modelstats import layer_sparsity, model_stats
-    from ..modifiers.base import ModifierResult
-    from ..modifiers.one_shot import OneShotState, plan
-    from ..onnx_model import load_static_model
+@dataclass
+class _Plan:
+    """What one-shot will do, decided (and validated) before any data is read."""
+
+    recipe: Any
+    channels: bool
+    method: str
+    target: float
+    """MAC reduction (channels) or weight sparsity (unstructured); 0 = no pruning."""
+    int8: bool
+    quant_format: str
+    modifiers: list
+
+
+def _plan(ctx: RunContext) -> _Plan:
+    """The typed recipe and the level policy -> the modifiers to run; bad input -> InputError."""
+    from ..modifiers.one_shot import plan
     from ..recipes import int8_wanted, load_recipe, macs_reduction_for_level, sparsity_for_level
 
     exp = ctx.experiment
-    tel = ctx.telemetry
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
-    # ---- validate everything before any work ------------------------------------------
-    tel.stage("load")
     recipe = load_recipe(exp, ctx.recipe_path)
     channels = exp.structure == "channels"
     method = recipe.pruning_method or exp.pruning_method
@@ -84,6 +82,33 @@ def run(ctx: RunContext) -> Report:
     fmt = recipe.quant_format or exp.deploy.quant_format
     fmt = "qdq" if fmt == "auto" else fmt
     modifiers = plan(recipe, target=target, channels=channels, method=method, int8=int8, quant_format=fmt)
+    return _Plan(recipe, channels, method, target, int8, fmt, modifiers)
+
+
+def run(ctx: RunContext) -> Report:
+    from ..benchmark import measure_latency
+    from ..data.npz import load_npz_folder, split_samples
+    from ..evaluate import accuracy, fidelity, fidelity_score
+    from ..modelstats import layer_sparsity, model_stats
+    from ..modifiers.base import ModifierResult
+    from ..modifiers.one_shot import OneShotState
+    from ..onnx_model import load_static_model
+
+    exp = ctx.experiment
+    tel = ctx.telemetry
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    # ---- validate everything before any work ------------------------------------------
+    tel.stage("load")
+    p = _plan(ctx)
+    recipe, channels, target, int8, modifiers = p.recipe, p.channels, p.target, p.int8, p.modifiers
 
     model, inputs = load_static_model(ctx.model_path)
     data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress)
@@ -109,12 +134,12 @@ def run(ctx: RunContext) -> Report:
     else:
         mode = ("channels" if channels else "unstructured") if target > 0 else "quantization-only"
     effective: dict[str, Any] = {
-        "optim_level": level,
+        "optim_level": float(exp.optim_level),
         "structure": exp.structure,
         ("target_macs_reduction" if channels else "target_sparsity"): target,
-        "pruning_method": method if target > 0 else None,
+        "pruning_method": p.method if target > 0 else None,
         "quantize": int8,
-        "quant_format": fmt if int8 else None,
+        "quant_format": p.quant_format if int8 else None,
         "calibration_samples": len(split.calibration),
         "holdout_samples": len(split.holdout),
         "holdout_disjoint": split.disjoint,

@@ -122,26 +122,13 @@ def transfer_progress(
     if not want_progress(show):
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from ..progress import make_progress
 
     lock = threading.Lock()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
+    columns = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with make_progress(label="{task.description}", extra=columns, transient=True) as bar:
         task = bar.add_task(description, total=total_bytes or None)
 
         def advance(n: int) -> None:
