@@ -112,3 +112,52 @@ def test_example_user_recipes_validate_and_override(exp_type):
     recipe = load_recipe(_exp(exp_type.value), path)
     for key, value in yaml.safe_load(path.read_text()).items():
         assert getattr(recipe, key) == value
+
+
+def test_a_recipe_is_its_modifiers_configs_and_hands_each_its_part():
+    from sparsify_runner.recipes.schema import (
+        ChannelPruningConfig,
+        GMPConfig,
+        Int8SearchConfig,
+        StructuredPruningConfig,
+        UnstructuredPruningConfig,
+    )
+
+    one_shot = load_recipe(_exp("one-shot", recipe_args={"round_channels_to": 4, "sparsity": 0.5}))
+    channels = one_shot.config(ChannelPruningConfig)
+    assert isinstance(channels, ChannelPruningConfig) and channels.round_channels_to == 4
+    assert one_shot.config(UnstructuredPruningConfig).sparsity == 0.5
+    assert set(Int8SearchConfig.model_fields) <= set(OneShotRecipe.model_fields)
+    # a setting two modifiers share (the pruning schedule) reaches both
+    ta = load_recipe(_exp("training-aware", recipe_args={"prune_end_fraction": 0.4}))
+    assert (
+        ta.config(GMPConfig).prune_end_fraction
+        == ta.config(StructuredPruningConfig).prune_end_fraction
+        == 0.4
+    )
+    with pytest.raises(AttributeError):
+        ta.config(ChannelPruningConfig)  # not a training-aware modifier
+
+
+@pytest.mark.parametrize("exp_type", list(ExperimentType))
+def test_each_yaml_section_holds_the_settings_of_the_configs_it_names(exp_type):
+    """The packaged YAML is laid out by stage: each '# -- ... (XConfig, ...)' section lists
+    only settings of the configs it names, so the file reads as the modifiers it runs."""
+    import re
+    from pathlib import Path
+
+    from sparsify_runner.recipes import schema
+
+    text = (Path(schema.__file__).parent / f"{exp_type.value.replace('-', '_')}.yaml").read_text()
+    sections = re.split(r"(?m)^# -- ", text)[1:]
+    assert sections
+    seen: set[str] = set()
+    for section in sections:
+        header, _, body = section.partition("\n")
+        configs = [getattr(schema, name) for name in re.findall(r"\b(\w+Config)\b", header)]
+        assert configs, header
+        allowed = set().union(*(c.model_fields for c in configs))
+        keys = set(re.findall(r"(?m)^(\w+):", body))
+        assert keys <= allowed, (header, keys - allowed)
+        seen |= keys
+    assert seen == set(RECIPE_TYPES[exp_type].model_fields)

@@ -20,6 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..recipes.schema import (
+    ChannelPruningConfig,
+    Int8SearchConfig,
+    OneShotRecipe,
+    UnstructuredPruningConfig,
+)
 from .base import Modifier, ModifierResult
 
 Sample = dict[str, np.ndarray]
@@ -66,9 +72,8 @@ def _save(model: Any, path: Path) -> Path:
 class UnstructuredPruning(Modifier):
     """OBS (SparseGPT-style, with the calibration Hessian) or magnitude pruning of weights."""
 
-    def __init__(self, sparsity: float, *, method: str, allocation: str, sensitivity_samples: int) -> None:
-        self.sparsity, self.method = sparsity, method
-        self.allocation, self.sensitivity_samples = allocation, sensitivity_samples
+    def __init__(self, sparsity: float, *, method: str, config: UnstructuredPruningConfig) -> None:
+        self.sparsity, self.method, self.config = sparsity, method, config
 
     def finalize(self, state: OneShotState) -> ModifierResult:
         from ..evaluate import fidelity, fidelity_score
@@ -82,8 +87,8 @@ class UnstructuredPruning(Modifier):
             self.sparsity,
             method=self.method,
             show_progress=state.show_progress,
-            allocation=self.allocation,
-            sensitivity_samples=self.sensitivity_samples,
+            allocation=self.config.pruning_allocation,
+            sensitivity_samples=self.config.sensitivity_samples,
         )
         state.current = _save(result.model, state.build / "pruned.onnx")
         seconds = round(time.perf_counter() - start, 3)
@@ -105,11 +110,9 @@ class ChannelPruning(Modifier):
     """Structured OBS: remove whole channels to a MAC target, refit the consumers; rejected
     (the graph left as it was) when the pruned model's fidelity falls below the floor."""
 
-    def __init__(
-        self, macs_reduction: float, *, round_to: int, max_fraction: float, max_fidelity_loss: float
-    ) -> None:
-        self.macs_reduction, self.round_to, self.max_fraction = macs_reduction, round_to, max_fraction
-        self.floor = 1.0 - max_fidelity_loss
+    def __init__(self, macs_reduction: float, *, config: ChannelPruningConfig) -> None:
+        self.macs_reduction, self.config = macs_reduction, config
+        self.floor = 1.0 - config.max_channels_fidelity_loss
 
     def finalize(self, state: OneShotState) -> ModifierResult:
         from ..evaluate import fidelity, fidelity_score
@@ -121,8 +124,8 @@ class ChannelPruning(Modifier):
             state.model,
             state.calibration,
             self.macs_reduction,
-            round_to=self.round_to,
-            max_fraction=self.max_fraction,
+            round_to=self.config.round_channels_to,
+            max_fraction=self.config.max_channels_removed,
             show_progress=state.show_progress,
         )
         pruned_path = _save(cres.model, state.build / "pruned.onnx")
@@ -166,21 +169,8 @@ class Int8Search(Modifier):
     channel equalization, GPTQ rounding, FP32 fallbacks for sensitive nodes) are timed and
     checked for fidelity on held-out samples; the fastest faithful one wins, else FP32."""
 
-    def __init__(
-        self,
-        *,
-        quant_format: str,
-        max_fidelity_loss: float,
-        candidate_seconds: float,
-        search_seconds: float,
-        equalize: bool,
-    ) -> None:
-        self.quant_format, self.max_fidelity_loss = quant_format, max_fidelity_loss
-        self.candidate_seconds, self.search_seconds, self.equalize = (
-            candidate_seconds,
-            search_seconds,
-            equalize,
-        )
+    def __init__(self, *, quant_format: str, config: Int8SearchConfig) -> None:
+        self.quant_format, self.config = quant_format, config
 
     def finalize(self, state: OneShotState) -> ModifierResult:
         from .int8 import quantize_int8
@@ -193,11 +183,11 @@ class Int8Search(Modifier):
             state.build / "int8.onnx",
             holdout=state.holdout,
             quant_format=self.quant_format,
-            max_fidelity_loss=self.max_fidelity_loss,
+            max_fidelity_loss=self.config.max_int8_fidelity_loss,
             show_progress=state.show_progress,
-            bench_seconds=self.candidate_seconds,
-            time_budget_s=self.search_seconds,
-            equalize=self.equalize,
+            bench_seconds=self.config.int8_candidate_seconds,
+            time_budget_s=self.config.int8_search_seconds,
+            equalize=self.config.int8_equalization,
         )
         if q.quantized:  # else q.path is a copy of the input: keep the input (and its outputs)
             state.current = q.path
@@ -213,36 +203,17 @@ class Int8Search(Modifier):
 
 
 def plan(
-    recipe: Any, *, target: float, channels: bool, method: str, int8: bool, quant_format: str
+    recipe: OneShotRecipe, *, target: float, channels: bool, method: str, int8: bool, quant_format: str
 ) -> list[Modifier]:
-    """The one-shot recipe as modifiers, in the order they run: pruning (if any), then INT8."""
+    """The one-shot recipe as modifiers, in the order they run (pruning if any, then INT8),
+    each given its own part of the recipe."""
     modifiers: list[Modifier] = []
     if target > 0 and channels:
-        modifiers.append(
-            ChannelPruning(
-                target,
-                round_to=recipe.round_channels_to,
-                max_fraction=recipe.max_channels_removed,
-                max_fidelity_loss=recipe.max_channels_fidelity_loss,
-            )
-        )
+        modifiers.append(ChannelPruning(target, config=recipe.config(ChannelPruningConfig)))
     elif target > 0:
         modifiers.append(
-            UnstructuredPruning(
-                target,
-                method=method,
-                allocation=recipe.pruning_allocation,
-                sensitivity_samples=recipe.sensitivity_samples,
-            )
+            UnstructuredPruning(target, method=method, config=recipe.config(UnstructuredPruningConfig))
         )
     if int8:
-        modifiers.append(
-            Int8Search(
-                quant_format=quant_format,
-                max_fidelity_loss=recipe.max_int8_fidelity_loss,
-                candidate_seconds=recipe.int8_candidate_seconds,
-                search_seconds=recipe.int8_search_seconds,
-                equalize=recipe.int8_equalization,
-            )
-        )
+        modifiers.append(Int8Search(quant_format=quant_format, config=recipe.config(Int8SearchConfig)))
     return modifiers

@@ -24,6 +24,7 @@ from ..recipes import (
     sparsity_for_level,
     training_mode,
 )
+from ..recipes.schema import DistillationConfig, GMPConfig, PruningScheduleConfig, StructuredPruningConfig
 from ..report import Report
 from ..spec import ExperimentType
 from ..training import pipeline as P
@@ -162,32 +163,35 @@ def main_phase_modifiers(
     reduction: float,
     teacher: torch.nn.Module,
 ) -> list[Modifier]:
-    """The recipe's main-phase modifiers: GMP or channel pruning on a schedule, distillation."""
+    """The recipe's main-phase modifiers, each from its own config: GMP or channel pruning on
+    the recipe's schedule, then distillation."""
     steps_per_epoch = cfg.steps_per_epoch(len(task.train))
     steps = steps_per_epoch * main_epochs
-    start = int(recipe.prune_start_fraction * steps)
-    end = max(start + 1, int(recipe.prune_end_fraction * steps))
     head = classifier_name(model)
     modifiers: list[Modifier] = []
     if mode == "unstructured":
+        gmp = recipe.config(GMPConfig)
+        start, end = _schedule(gmp, steps)
         exclude: tuple[str, ...] = (head,)
-        if not recipe.prune_first_conv:
+        if not gmp.prune_first_conv:
             first = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
             exclude += (first,) if first else ()
-        if not recipe.prune_depthwise:
+        if not gmp.prune_depthwise:
             exclude += tuple(depthwise_convs(model))
-        names = list(prunable_weights(model, min_params=recipe.min_params, exclude=exclude))
+        names = list(prunable_weights(model, min_params=gmp.min_params, exclude=exclude))
         modifiers.append(
             GMPModifier(
                 MaskSet(model, names),
-                init_sparsity=recipe.init_sparsity,
+                init_sparsity=gmp.init_sparsity,
                 final_sparsity=sparsity,
                 start_step=start,
                 end_step=end,
-                update_every=max(1, round(recipe.update_every_epochs * steps_per_epoch)),
+                update_every=max(1, round(gmp.update_every_epochs * steps_per_epoch)),
             )
         )
     elif mode == "channels":
+        structured = recipe.config(StructuredPruningConfig)
+        start, end = _schedule(structured, steps)
         modifiers.append(
             StructuredPruner(
                 model,
@@ -196,18 +200,25 @@ def main_phase_modifiers(
                 macs_reduction=reduction,
                 start_step=start,
                 end_step=end,
-                events=recipe.structured_events,
-                round_to=recipe.round_channels_to if task.kind == "image" else None,
+                events=structured.structured_events,
+                round_to=structured.round_channels_to if task.kind == "image" else None,
                 ignored=[head],
             )
         )
-    if recipe.distillation_weight > 0:
+    distill = recipe.config(DistillationConfig)
+    if distill.distillation_weight > 0:
         modifiers.append(
             DistillationModifier(
-                teacher, weight=recipe.distillation_weight, temperature=recipe.distillation_temperature
+                teacher, weight=distill.distillation_weight, temperature=distill.distillation_temperature
             )
         )
     return modifiers
+
+
+def _schedule(config: PruningScheduleConfig, steps: int) -> tuple[int, int]:
+    """(first, last) pruning step of the main phase."""
+    start = int(config.prune_start_fraction * steps)
+    return start, max(start + 1, int(config.prune_end_fraction * steps))
 
 
 def depthwise_convs(model: torch.nn.Module) -> list[str]:
