@@ -33,8 +33,11 @@ def _find_split(root: Path, split: str) -> tuple[Path, Path]:
     """(instances json, image folder) of one split."""
     names = SPLITS[split]
     found = next(
-        ((n, root / "annotations" / f"instances_{n}.json") for n in names
-         if (root / "annotations" / f"instances_{n}.json").is_file()),
+        (
+            (n, root / "annotations" / f"instances_{n}.json")
+            for n in names
+            if (root / "annotations" / f"instances_{n}.json").is_file()
+        ),
         None,
     )
     if found is None:
@@ -90,7 +93,9 @@ def _categories(path: Path, doc: dict[str, Any]) -> dict[int, str]:
     return cats
 
 
-def _read_split(path: Path, folder: Path, doc: dict[str, Any], index: dict[int, int]) -> list[DetectionSample]:
+def _read_split(
+    path: Path, folder: Path, doc: dict[str, Any], index: dict[int, int]
+) -> list[DetectionSample]:
     images: dict[int, tuple[Path, tuple[int, int]]] = {}
     for i, img in enumerate(doc["images"]):
         if not isinstance(img, dict) or not isinstance(img.get("id"), int) or not img.get("file_name"):

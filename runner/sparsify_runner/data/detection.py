@@ -85,9 +85,7 @@ def image_size(path: Path) -> tuple[int, int]:
             img.verify()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for bad files
         reason = " ".join(str(err).split()) or type(err).__name__
-        raise InputError(
-            f"image '{path}' cannot be decoded ({reason}); replace or delete the file"
-        ) from None
+        raise InputError(f"image '{path}' cannot be decoded ({reason}); replace or delete the file") from None
     if size[0] <= 0 or size[1] <= 0:
         raise InputError(f"image '{path}' has no pixels ({size[0]}x{size[1]}); replace or delete the file")
     return int(size[0]), int(size[1])
@@ -150,9 +148,7 @@ def inspect_detection(root: Path, layout: Layout | None = None) -> DetectionSpli
     return DetectionSplits(root=root, layout=layout, classes=classes, train=train, val=val)
 
 
-def load_image(
-    sample: DetectionSample, size: int, letterbox: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def load_image(sample: DetectionSample, size: int, letterbox: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The image as a ``(3, size, size)`` float32 array in [0, 1] and its boxes in pixels
     of that array (``(n, 4)`` float32 xyxy).
 

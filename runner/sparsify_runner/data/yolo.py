@@ -62,7 +62,8 @@ def _check_unique(names: list[str], where: str) -> list[str]:
     for i, name in enumerate(names):
         if name in seen:
             raise InputError(
-                f"{where}: class name '{name}' is given twice (ids {seen[name]} and {i}); names must be unique"
+                f"{where}: class name '{name}' is given twice (ids {seen[name]} and {i}); "
+                "names must be unique"
             )
         seen[name] = i
     return names
