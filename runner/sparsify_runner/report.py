@@ -111,6 +111,21 @@ class Report(BaseModel):
     timings_s: dict[str, float] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)
 
+    @classmethod
+    def of(cls, *, baseline: ModelStats, optimized: ModelStats, **fields: Any) -> Report:
+        """A report with its derived numbers (speedup, size ratios) computed here, the same way
+        for every pathway."""
+        return cls(
+            baseline=baseline,
+            optimized=optimized,
+            speedup=measured_speedup(baseline, optimized),
+            size_ratio=round(optimized.file_size_bytes / max(1, baseline.file_size_bytes), 4),
+            compressed_size_ratio=round(
+                optimized.compressed_size_bytes / max(1, baseline.compressed_size_bytes), 4
+            ),
+            **fields,
+        )
+
     def summary(self) -> RunSummary:
         return RunSummary(
             status="succeeded",
@@ -132,3 +147,10 @@ class Report(BaseModel):
             sparsity=self.optimized.sparsity,
             speedup=self.speedup,
         )
+
+
+def measured_speedup(baseline: ModelStats, optimized: ModelStats) -> float | None:
+    """Baseline mean latency / optimized mean latency (4 decimals); None without both timings."""
+    if not baseline.latency or not optimized.latency or optimized.latency.mean_ms <= 0:
+        return None
+    return round(baseline.latency.mean_ms / optimized.latency.mean_ms, 4)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import InputError
-from ..report import LayerReport, Report
+from ..report import LayerReport, Report, measured_speedup
 from ..spec import ExperimentType
 from ..speedup import ChannelCounts, explain_speedup
 
@@ -231,7 +231,7 @@ def run(ctx: RunContext) -> Report:
             stats.f1 = round(macro_f1(outs, split.holdout_labels), 5)
             stats.recall = round(macro_recall(outs, split.holdout_labels), 5)
         tel.evaluation(exp.eval_metric, getattr(optimized, exp.eval_metric))
-    speedup = round(base_lat.mean_ms / opt_lat.mean_ms, 4) if opt_lat.mean_ms > 0 else None
+    speedup = measured_speedup(baseline, optimized)
     if mode != "baseline" and not int8_applied and target == 0:
         notes.append(
             "the returned model equals the baseline: INT8 did not pay off within the fidelity budget"
@@ -248,16 +248,13 @@ def run(ctx: RunContext) -> Report:
             f"the optimized model measured {speedup:.2f}x (slower) in the final benchmark; "
             "timings on a busy machine vary, rerun sparsifyctl benchmark to confirm"
         )
-    report = Report(
+    report = Report.of(
         experiment=exp.to_wire(),
         mode=mode,
         settings=effective,
         baseline=baseline,
         optimized=optimized,
         fidelity=fid,
-        speedup=speedup,
-        size_ratio=round(optimized.file_size_bytes / baseline.file_size_bytes, 4),
-        compressed_size_ratio=round(optimized.compressed_size_bytes / baseline.compressed_size_bytes, 4),
         layers=_merge_layers(layer_sparsity(final_path), pruned_layers),
         candidates=candidates,
         speedup_source=explain_speedup(

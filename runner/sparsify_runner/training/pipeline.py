@@ -22,7 +22,7 @@ from ..context import RunContext
 from ..cpu_features import int8_saturates
 from ..errors import InputError
 from ..recipes import TrainingRecipe
-from ..report import CandidateRecord, LayerReport, ModelStats, Report
+from ..report import CandidateRecord, LayerReport, ModelStats, Report, measured_speedup
 from ..speedup import ChannelCounts, explain_speedup
 from .checkpoint import CheckpointStore, fingerprint
 from .config import TrainConfig, parse_train_kwargs
@@ -315,11 +315,7 @@ def build_report(
 ) -> Report:
     baseline: ModelStats = result["baseline"]
     optimized: ModelStats = result["optimized"]
-    speedup = (
-        baseline.latency.mean_ms / optimized.latency.mean_ms
-        if baseline.latency and optimized.latency and optimized.latency.mean_ms > 0
-        else None
-    )
+    speedup = measured_speedup(baseline, optimized)
     settings = {
         **settings,
         "int8_method": result["int8_method"] or "none (FP32)",
@@ -329,17 +325,12 @@ def build_report(
     if macs:
         baseline.flops = baseline.flops or macs[0]
         optimized.flops = optimized.flops or macs[1]
-    return Report(
+    return Report.of(
         experiment=ctx.experiment.to_wire(),
         mode=mode,
         settings=settings,
         baseline=baseline,
         optimized=optimized,
-        speedup=round(speedup, 4) if speedup else None,
-        size_ratio=round(optimized.file_size_bytes / max(1, baseline.file_size_bytes), 4),
-        compressed_size_ratio=round(
-            optimized.compressed_size_bytes / max(1, baseline.compressed_size_bytes), 4
-        ),
         layers=(extra_layers or []) + list(result["layers"]),
         candidates=result["candidates"],
         training=history,
