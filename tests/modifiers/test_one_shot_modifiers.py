@@ -21,28 +21,12 @@ from sparsify_runner.modifiers.one_shot import (
 from sparsify_runner.recipes import load_recipe
 from sparsify_runner.recipes.schema import ChannelPruningConfig, Int8SearchConfig, UnstructuredPruningConfig
 from sparsify_runner.spec import Experiment
-
-
-def _convnet():
-    import torch
-
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, padding=1, stride=2),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(32, 32, 1),
-        torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(32, 10),
-    ).eval()
+from structured_oneshot.conftest import _tiny_net  # the convnet the channel tests use
 
 
 @pytest.fixture(scope="module")
 def convnet(tmp_path_factory) -> Path:
-    return export(_convnet(), tmp_path_factory.mktemp("models") / "convnet.onnx")
+    return export(_tiny_net(), tmp_path_factory.mktemp("models") / "convnet.onnx")
 
 
 def _state(model_path: Path, build: Path, n: int = 24) -> OneShotState:
