@@ -92,21 +92,28 @@ def build_resnet50(out: Path, seed: int = 0) -> Path:
     return export_onnx(torchvision.models.resnet50(), out)
 
 
-def _photos() -> list[np.ndarray]:
+def rgb_photos(names: tuple[str, ...] = PHOTOS) -> list[np.ndarray]:
+    """The skimage.data photos ``names`` as (H, W, 3) arrays in their own dtype (grayscale
+    repeated to 3 channels); a photo missing from this scikit-image build is skipped."""
     import skimage.data
 
     images = []
-    for name in PHOTOS:
+    for name in names:
         try:
             img = np.asarray(getattr(skimage.data, name)())
         except Exception:  # a photo missing from this scikit-image build
             continue
         if img.ndim == 2:
             img = np.stack([img] * 3, axis=-1)
-        images.append(
-            img[..., :3].astype(np.float32) / (255.0 if img.dtype == np.uint8 else float(img.max() or 1))
-        )
+        images.append(img[..., :3])
     return images
+
+
+def _photos() -> list[np.ndarray]:
+    return [
+        img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else float(img.max() or 1))
+        for img in rgb_photos()
+    ]
 
 
 def photo_crops(count: int, size: int = 224, seed: int = 0) -> list[np.ndarray]:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # examples/assets.py, also when loaded by path
+
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # skimage.data photos that ship inside the scikit-image wheel (no pooch download).
 PHOTOS = (
@@ -71,17 +73,9 @@ class SyntheticDetection:
 
 @functools.lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    import skimage.data
+    from assets import rgb_photos
 
-    photos = []
-    for name in PHOTOS:
-        try:
-            img = np.asarray(getattr(skimage.data, name)())
-        except Exception:  # a photo missing from this scikit-image build
-            continue
-        if img.ndim == 2:
-            img = np.stack([img] * 3, axis=-1)
-        photos.append(np.ascontiguousarray(img[..., :3].astype(np.uint8)))
+    photos = [np.ascontiguousarray(img.astype(np.uint8)) for img in rgb_photos(PHOTOS)]
     if not photos:
         raise RuntimeError("no skimage.data photos are available; install scikit-image")
     return tuple(photos)

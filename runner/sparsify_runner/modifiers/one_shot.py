@@ -57,9 +57,19 @@ class OneShotState:
             self.outputs[path] = run_onnx(path, self.holdout, progress=show)
         return self.outputs[path]
 
+    def fidelity_to_baseline(self, path: Path, label: str) -> float:
+        """Top-1 agreement (else cosine) of the model at ``path`` with the baseline, held out."""
+        from ..evaluate import fidelity, fidelity_score
+
+        return fidelity_score(fidelity(self.baseline_outputs, self.holdout_outputs(path, label)))
+
     def stage(self, name: str) -> None:
         if self.telemetry is not None:
             self.telemetry.stage(name)
+
+    def evaluation(self, name: str, value: float) -> None:
+        if self.telemetry is not None:
+            self.telemetry.evaluation(name, value)
 
 
 def _save(model: Any, path: Path) -> Path:
@@ -76,7 +86,6 @@ class UnstructuredPruning(Modifier):
         self.sparsity, self.method, self.config = sparsity, method, config
 
     def finalize(self, state: OneShotState) -> ModifierResult:
-        from ..evaluate import fidelity, fidelity_score
         from .onnx_pruning import prune_onnx
 
         state.stage("prune")
@@ -92,16 +101,15 @@ class UnstructuredPruning(Modifier):
         )
         state.current = _save(result.model, state.build / "pruned.onnx")
         seconds = round(time.perf_counter() - start, 3)
-        if state.telemetry is not None:
-            state.telemetry.evaluation("sparsity", result.achieved_sparsity)
-        pruned = fidelity(state.baseline_outputs, state.holdout_outputs(state.current, "pruned"))
+        state.evaluation("sparsity", result.achieved_sparsity)
+        pruned = state.fidelity_to_baseline(state.current, "pruned")
         return ModifierResult(
             notes=list(result.notes),
             layers=list(result.layers),
             timings_s={"prune": seconds},
             info={
                 "achieved_sparsity": round(result.achieved_sparsity, 6),
-                "pruned_fidelity": round(fidelity_score(pruned), 6),
+                "pruned_fidelity": round(pruned, 6),
             },
         )
 
@@ -115,7 +123,6 @@ class ChannelPruning(Modifier):
         self.floor = 1.0 - config.max_channels_fidelity_loss
 
     def finalize(self, state: OneShotState) -> ModifierResult:
-        from ..evaluate import fidelity, fidelity_score
         from .channel_selection import prune_channels
 
         state.stage("prune")
@@ -138,9 +145,8 @@ class ChannelPruning(Modifier):
             "macs_after": cres.macs_after,
         }
         kept = round(cres.macs_after / max(1, cres.macs_before), 6)
-        if state.telemetry is not None:
-            state.telemetry.evaluation("macs_fraction", kept)
-        score = fidelity_score(fidelity(state.baseline_outputs, state.holdout_outputs(pruned_path, "pruned")))
+        state.evaluation("macs_fraction", kept)
+        score = state.fidelity_to_baseline(pruned_path, "pruned")
         info: dict[str, Any] = {
             "achieved_macs_fraction": kept,
             "channels": {**channels, "timings_s": cres.timings_s},
