@@ -82,12 +82,6 @@ def _predict(model: Path, levels: list[float], structure: str, seconds: float):
     return result, wall
 
 
-def _one_shot_channels() -> bool:
-    from sparsify_runner.predict import _one_shot_channels as available
-
-    return available()
-
-
 def _int8_chosen(report: dict) -> str | None:
     return next((c["name"] for c in report["candidates"] if c["chosen"]), None)
 
@@ -286,7 +280,7 @@ def main() -> None:
             for name in args.models:
                 model = builders[name](work / f"{name}.onnx")
                 out["cases"] += one_shot_cases(name, model, data, args.levels, args, work)
-                if args.one_shot_channels_levels and _one_shot_channels():
+                if args.one_shot_channels_levels:  # structured one-shot exists: no probe needed
                     out["cases"] += one_shot_cases(
                         name, model, data, args.one_shot_channels_levels, args, work, "channels"
                     )
