@@ -389,12 +389,24 @@ _ROWS: list[tuple[str, Callable[[Report], str]]] = [
 ]
 
 
+_MAP_ROWS: list[tuple[str, Callable[[Report], str]]] = [
+    ("baseline mAP@0.5:0.95", lambda r: _pct(r.baseline.map)),
+    ("optimized mAP@0.5:0.95", lambda r: _pct(r.optimized.map)),
+]
+
+
 def compare_table(records: list[RunRecord]) -> list[tuple[str, list[str]]]:
     """Row label -> one cell per record (in order); "-" where a run has no value. The
     ``phase`` and ``problem`` rows appear only when some run has one."""
     rows: list[tuple[str, list[str]]] = [
         (label, [get(r.report) if r.report is not None else "-" for r in records]) for label, get in _ROWS
     ]
+    if any(r.report is not None and r.report.optimized.map is not None for r in records):  # detectors
+        at = [label for label, _ in rows].index("fidelity")
+        rows[at:at] = [
+            (label, [get(r.report) if r.report is not None else "-" for r in records])
+            for label, get in _MAP_ROWS
+        ]
     if any(r.phase for r in records):
         rows.insert(0, ("phase", [r.phase or "-" for r in records]))
     if any(r.error for r in records):
@@ -407,6 +419,8 @@ def _quality(records: list[RunRecord]) -> tuple[str, Callable[[RunRecord], float
     reports = [r.report for r in records if r.report is not None]
     if reports and all(rep.optimized.accuracy is not None for rep in reports):
         return "accuracy", lambda r: r.report.optimized.accuracy if r.report else None
+    if reports and all(rep.optimized.map is not None for rep in reports):
+        return "mAP", lambda r: r.report.optimized.map if r.report else None
     return "fidelity", lambda r: fidelity_of(r.report) if r.report else None
 
 

@@ -38,7 +38,7 @@ EXPERIMENT_PARAMS: dict[str, Any] = {
     "recipe_args": (str | None, _O(None, "--recipe-args", help="JSON object of recipe overrides.")),
     "train_kwargs": (str | None, _O(None, "--train-kwargs", help='JSON object, e.g. \'{"epochs": 3}\'.')),
     "eval_metric": (str, _O(
-        "auto", "--eval-metric", help="auto, accuracy, f1, recall, mAP (object-detection) or fidelity."
+        "auto", "--eval-metric", help="auto, accuracy, f1, recall, mAP, mAP50 (object-detection), fidelity."
     )),
     "train_samples": (int | None, _O(
         None, "--train-samples", help="At most this many training (one-shot: calibration) samples."

@@ -74,6 +74,28 @@ def run_onnx(
     return run_session(make_session(path, device), samples, batch_size, progress=progress)
 
 
+def run_onnx_outputs(
+    path: Path | str, samples: list[Sample], batch_size: int = 1, device: str = "cpu"
+) -> dict[str, np.ndarray]:
+    """Every output of a model over all samples: output name -> array with one row per sample
+    (a detector's boxes and scores, where ``run_onnx`` keeps only the first output)."""
+    session = make_session(path, device)
+    static = _batch_dim(session)
+    bs = static or max(1, batch_size)
+    names = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    rows: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
+    for start in range(0, len(samples), bs):
+        chunk = samples[start : start + bs]
+        real = len(chunk)
+        if static and real < bs:
+            chunk = chunk + [chunk[-1]] * (bs - real)
+        feed = {n: np.stack([s[n] for s in chunk]) for n in names}
+        for name, value in zip(outputs, session.run(outputs, feed), strict=True):
+            rows[name].append(np.asarray(value)[:real])
+    return {n: np.concatenate(v) for n, v in rows.items()}
+
+
 def _is_classifier(outputs: list[np.ndarray]) -> bool:
     """Logits-like: one vector of >1 scores per sample (leading singleton dims allowed)."""
     if not outputs:
@@ -124,8 +146,12 @@ def accuracy(outputs: list[np.ndarray], labels: list[int]) -> float:
 
 
 def fidelity_score(fid: Fidelity) -> float:
-    """One number for ranking candidates: top-1 agreement when defined, else cosine similarity."""
-    return fid.top1_agreement if fid.top1_agreement is not None else fid.cosine_similarity
+    """One number for ranking candidates: top-1 agreement when defined (classifiers), else a
+    detector's box agreement, else cosine similarity."""
+    for value in (fid.top1_agreement, fid.box_agreement):
+        if value is not None:
+            return value
+    return fid.cosine_similarity
 
 
 def _per_class(outputs: list[np.ndarray], labels: list[int], num_classes: int) -> tuple[np.ndarray, ...]:

@@ -44,6 +44,11 @@ class ModelStats(BaseModel):
     accuracy: float | None = None
     f1: float | None = Field(None, description="macro F1 over classes (--eval-metric f1 or recall)")
     recall: float | None = Field(None, description="macro recall over classes (--eval-metric f1 or recall)")
+    map: float | None = Field(None, description="object detection: mAP@0.5:0.95 (COCO) on the val split")
+    map50: float | None = Field(None, description="object detection: mAP@0.5")
+    map_per_class: dict[str, float] | None = Field(
+        None, description="object detection: mAP@0.5:0.95 per class with ground truth in the val split"
+    )
     latency: LatencyStats | None = None
 
 
@@ -53,6 +58,18 @@ class Fidelity(BaseModel):
     samples: int
     top1_agreement: float | None = None
     cosine_similarity: float
+    box_agreement: float | None = Field(
+        None,
+        description="detectors: confident detections matched to the baseline's (same class, IoU >= 0.5) "
+        "over the larger detection count",
+    )
+    box_recall: float | None = Field(
+        None, description="detectors: share of the baseline's detections matched"
+    )
+    box_mean_iou: float | None = Field(None, description="detectors: mean IoU of the matched detections")
+    box_count: int | None = Field(
+        None, description="detectors: the larger confident-detection count compared"
+    )
 
 
 class LayerReport(BaseModel):
@@ -72,6 +89,8 @@ class EpochRecord(BaseModel):
     step: int
     train_loss: float
     val_accuracy: float | None = None
+    val_map: float | None = Field(None, description="object detection: mAP@0.5:0.95 on the val split")
+    val_map50: float | None = Field(None, description="object detection: mAP@0.5 on the val split")
     sparsity: float | None = None
     lr: float | None = None
 

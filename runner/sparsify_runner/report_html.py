@@ -181,6 +181,11 @@ def _summary(report: Report) -> str:
         rows.append(["accuracy (held-out)", _pct(b.accuracy), _pct(o.accuracy), delta])
     if b.f1 is not None or o.f1 is not None:
         rows.append(["F1", _num(b.f1, "{:.4f}"), _num(o.f1, "{:.4f}"), ""])
+    for label, key in (("mAP@0.5:0.95 (val)", "map"), ("mAP@0.5 (val)", "map50")):
+        before, after = getattr(b, key), getattr(o, key)
+        if before is not None or after is not None:
+            delta = "" if before is None or after is None else f"{(after - before) * 100:+.2f} pt"
+            rows.append([label, _num(before, "{:.4f}"), _num(after, "{:.4f}"), delta])
     if report.fidelity is not None:
         f = report.fidelity
         if f.top1_agreement is not None:
@@ -391,6 +396,7 @@ def _training(report: Report) -> str:
     )
     series = {
         "val accuracy": [(r.epoch, r.val_accuracy) for r in hist],
+        "val mAP@0.5:0.95": [(r.epoch, r.val_map) for r in hist],
         "sparsity": [(r.epoch, r.sparsity) for r in hist],
     }
     parts = [_plot(loss)]
@@ -417,13 +423,14 @@ def _training(report: Report) -> str:
             _e(r.phase),
             str(r.step),
             f"{r.train_loss:.4f}",
-            _pct(r.val_accuracy),
+            _pct(r.val_accuracy if r.val_accuracy is not None else r.val_map),
             _pct(r.sparsity, 1),
             _num(r.lr, "{:.2e}"),
         ]
         for r in hist
     ]
-    parts.append(_table(["epoch", "phase", "step", "train loss", "val accuracy", "sparsity", "lr"], rows))
+    metric = "val mAP" if any(r.val_map is not None for r in hist) else "val accuracy"
+    parts.append(_table(["epoch", "phase", "step", "train loss", metric, "sparsity", "lr"], rows))
     return "".join(parts)
 
 

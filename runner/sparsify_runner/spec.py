@@ -70,17 +70,19 @@ USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
         "nlp-multilabel_text_classification",
     ),
 }
-TRAINING_USE_CASES = ("image-classification", "text-classification")
+TRAINING_USE_CASES = ("image-classification", "text-classification", "object-detection")
 TRAINING_NOTE = (
-    "image-classification, text-classification (also sentiment-analysis and document-classification)"
+    "image-classification, text-classification (also sentiment-analysis and document-classification), "
+    "object-detection"
 )
+DETECTION_METRICS = ("mAP", "mAP50")
 
 
 def _use_case_key(value: str) -> str:
     key = "".join(ch for ch in value.strip().lower() if ch not in "-_ ")
     for prefix in ("cv", "nlp"):
-        if key.startswith(prefix) and key[len(prefix):] in _USE_CASE_KEYS:
-            return key[len(prefix):]
+        if key.startswith(prefix) and key[len(prefix) :] in _USE_CASE_KEYS:
+            return key[len(prefix) :]
     return key
 
 
@@ -152,10 +154,11 @@ class Experiment(_Model):
     train_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Training overrides: epochs, batch_size, lr, ..."
     )
-    eval_metric: Literal["auto", "accuracy", "f1", "recall", "mAP", "fidelity"] = Field(
+    eval_metric: Literal["auto", "accuracy", "f1", "recall", "mAP", "mAP50", "fidelity"] = Field(
         "auto",
-        description="auto: accuracy when labels exist, else fidelity to the baseline; f1 and recall "
-        "are macro averages over classes; mAP is for object-detection.",
+        description="auto: accuracy when labels exist (mAP for object-detection), else fidelity to the "
+        "baseline; f1 and recall are macro averages over classes; mAP (COCO mAP@0.5:0.95) and mAP50 "
+        "(mAP@0.5) are for object-detection.",
     )
     train_samples: int | None = Field(
         None,
@@ -205,8 +208,10 @@ class Experiment(_Model):
     def _eval_metric(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
-        key = value.strip().lower()
-        return "mAP" if key == "map" else key
+        key = value.strip().lower().replace("@", "").replace("_", "").replace(".", "")
+        return {"map": "mAP", "map5095": "mAP", "map50": "mAP50", "map05": "mAP50"}.get(
+            key, value.strip().lower()
+        )
 
     @field_validator("use_case")
     @classmethod
@@ -239,10 +244,15 @@ class Experiment(_Model):
                 f"use case '{self.use_case}' is not supported for {self.type.value}; training supports "
                 f"{TRAINING_NOTE}; other use cases work with one-shot on an ONNX model"
             )
-        if self.eval_metric == "mAP" and self.use_case != "object-detection":
+        if self.eval_metric in DETECTION_METRICS and self.use_case != "object-detection":
             raise ValueError(
-                f"eval metric 'mAP' is for object-detection, not '{self.use_case}'; "
+                f"eval metric '{self.eval_metric}' is for object-detection, not '{self.use_case}'; "
                 "use accuracy, f1, recall or fidelity"
+            )
+        if self.use_case == "object-detection" and self.eval_metric in ("accuracy", "f1", "recall"):
+            raise ValueError(
+                f"eval metric '{self.eval_metric}' is for classification; object-detection reports mAP "
+                "(mAP@0.5:0.95), mAP50 or fidelity"
             )
         if uri_scheme(self.output).startswith("http"):
             raise ValueError("output cannot be http(s):// (read-only); use a folder or s3://")

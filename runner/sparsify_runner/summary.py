@@ -35,6 +35,13 @@ def _ratio(a: float | int | None, b: float | int | None, invert: bool = False) -
     return f"{r:.2f}x"
 
 
+MAP_ROWS = (("mAP@0.5:0.95 (val)", "map"), ("mAP@0.5 (val)", "map50"))
+
+
+def _map(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}"
+
+
 def summary_table(report: Report) -> Table:
     b, o = report.baseline, report.optimized
     title = f"{report.experiment.get('type', 'experiment')} · mode {report.mode}"
@@ -48,6 +55,11 @@ def summary_table(report: Report) -> Table:
             "" if b.accuracy is None or o.accuracy is None else f"{(o.accuracy - b.accuracy) * 100:+.2f} pt"
         )
         table.add_row("accuracy (held-out)", _pct(b.accuracy), _pct(o.accuracy), delta)
+    for label, key in MAP_ROWS:
+        before, after = getattr(b, key), getattr(o, key)
+        if before is not None or after is not None:
+            delta = "" if before is None or after is None else f"{(after - before) * 100:+.2f} pt"
+            table.add_row(label, _map(before), _map(after), delta)
     if report.fidelity is not None:
         f = report.fidelity
         if f.top1_agreement is not None:

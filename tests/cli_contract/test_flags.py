@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import assert_bad, run_cli
+from sparsify_runner.spec import TRAINING_USE_CASES
 
 S3 = ["--model", "s3://b/model.pt", "--data", "s3://b/data/"]
 
@@ -51,7 +52,7 @@ REGISTRY = {
         "classification",
         "cv-classification",
     ],
-    "object-detection": ["object_detection", "od", "Detection", "cv-detection"],
+    "object-detection": ["object_detection", "od", "Detection", "cv-detection", "yolo"],
     "segmentation": ["segmentation", "cv-segmentation", "seg"],
     "text-classification": ["text_classification", "nlp-text_classification", "GLUE", "text classification"],
     "question-answering": ["question_answering", "QA", "nlp-question_answering", "question answering"],
@@ -94,9 +95,14 @@ def test_sentiment_and_document_classification_train_as_text_classification(caps
     assert exp["useCase"] == "text-classification"
 
 
-@pytest.mark.parametrize(
-    "canonical", [c for c in REGISTRY if c not in ("image-classification", "text-classification")]
-)
+@pytest.mark.parametrize("kind", ["training-aware", "sparse-transfer"])
+@pytest.mark.parametrize("alias", REGISTRY["object-detection"])
+def test_object_detection_trains_under_every_alias(capsys, alias, kind):
+    exp = _generate(capsys, kind, "--use-case", alias, *S3, "--eval-metric", "mAP@0.5")
+    assert exp["useCase"] == "object-detection" and exp["evalMetric"] == "mAP50"
+
+
+@pytest.mark.parametrize("canonical", [c for c in REGISTRY if c not in TRAINING_USE_CASES])
 @pytest.mark.parametrize("kind", ["training-aware", "sparse-transfer"])
 def test_use_cases_without_training_get_one_line_naming_the_trainable_ones(capsys, canonical, kind):
     assert_bad(

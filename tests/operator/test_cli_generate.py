@@ -221,3 +221,21 @@ def test_crd_command_prints_the_generated_crd():
     assert proc.returncode == 0
     assert yaml.safe_load(proc.stdout) == crd.experiment_crd()
     kubernetes_validate.validate(yaml.safe_load(proc.stdout), K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("exp_type", ["training-aware", "sparse-transfer"])
+def test_generate_object_detection_validates_against_the_crd(exp_type):
+    """Object detection trains in both training pathways: the manifest passes the CRD's rules
+    (use case, mAP50 metric) and becomes a valid Job."""
+    model = ["--model", "s3://m/yolo.pt", "--arch", "yolov8n"] if exp_type == "training-aware" else []
+    proc = _ctl(
+        "generate", exp_type, "--use-case", "yolo", *model, "--data", "s3://d/coco8/",
+        "--eval-metric", "map50", *PLACEMENT, "--name", "detect",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    experiment = SparsifyExperiment.model_validate(doc).spec.experiment
+    assert experiment.use_case == "object-detection" and experiment.eval_metric == "mAP50"
+    assert _experiment_rules_pass(doc["spec"]["experiment"]) == []
+    doc["metadata"]["uid"] = "11111111-2222-3333-4444-555555555555"
+    kubernetes_validate.validate(build_job(doc, OperatorSettings()), K8S_VERSION, strict=True)

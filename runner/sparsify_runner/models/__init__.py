@@ -14,7 +14,7 @@ class LoadedModel:
     module: Any
     """The torch.nn.Module, with a head sized for the dataset's classes."""
     kind: str
-    """'image' or 'text'."""
+    """'image', 'text' or 'detection'."""
     arch: str
     num_classes: int
     head_replaced: bool = False
@@ -25,8 +25,21 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(use_case: str, path, *, arch: str | None, classes: list[str]) -> LoadedModel:
-    """Dispatch on the use case (image: torchvision + state dict; text: Hugging Face)."""
+def load_model(
+    use_case: str,
+    path,
+    *,
+    arch: str | None,
+    classes: list[str],
+    image_size: int | None = None,
+    default_size: int = 320,
+) -> LoadedModel:
+    """Dispatch on the use case (image: torchvision + state dict; detection: a detector
+    architecture + state dict at a static input size; text: Hugging Face)."""
+    if use_case == "object-detection":
+        from .detection.load import load_detection_model
+
+        return load_detection_model(path, arch, classes, image_size=image_size, default_size=default_size)
     if use_case == "image-classification":
         from .vision import load_vision_model
 

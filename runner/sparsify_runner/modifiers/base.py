@@ -32,8 +32,9 @@ class Event(StrEnum):
 
     - ``batch_start``: before the forward pass. Return True when the model's structure
       changed (the loop then re-wraps DDP and rebuilds the optimizer).
-    - ``loss``: payload ``loss``, ``logits``, ``inputs``, ``labels``; return the loss to use
-      (None keeps it).
+    - ``loss``: payload ``loss``, ``logits`` (the task's training outputs: logits, or a
+      detector's dict of dense outputs), ``inputs``, ``labels`` (the targets); return the loss
+      to use (None keeps it).
     - ``after_backward``: gradients exist, before clipping and the optimizer step.
     - ``optimizer_step``: after the optimizer updated the weights.
     """

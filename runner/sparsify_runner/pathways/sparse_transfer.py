@@ -14,7 +14,6 @@ from .. import storage
 from ..catalog import load_catalog, resolve_uri, select
 from ..context import RunContext
 from ..errors import InputError
-from ..models import load_model
 from ..modifiers.base import Modifier
 from ..modifiers.training.distillation import DistillationModifier
 from ..modifiers.training.masks import FixedMasks, MaskSet
@@ -55,10 +54,10 @@ def run(ctx: RunContext) -> Report:
     torch.manual_seed(exp.seed)
     recipe, raw_cfg, splits, classes, train_count = P.common_setup(ctx)
     model_path, arch, notes, catalog_info = choose_base_model(ctx)
-    loaded = load_model(exp.use_case, model_path, arch=arch, classes=classes)
-    teacher = P.load_teacher(ctx, classes)
+    loaded = P.load_task_model(ctx, model_path, arch, splits, classes, raw_cfg)
+    teacher = P.load_teacher(ctx, splits, classes, raw_cfg, P.detector_size(loaded))
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
-    task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
+    task = P.build_task(ctx, splits, cfg, loaded)
     model = loaded.module
     structured = loaded.structured
     masks = MaskSet.from_zeros(model, min_params=recipe.min_params)

@@ -10,7 +10,6 @@ from dataclasses import asdict
 import torch
 
 from ..context import RunContext
-from ..models import load_model
 from ..modifiers.base import Modifier
 from ..modifiers.training.distillation import DistillationModifier
 from ..modifiers.training.gmp import GMPModifier
@@ -37,10 +36,10 @@ def run(ctx: RunContext) -> Report:
     ctx.telemetry.stage("load")
     torch.manual_seed(exp.seed)
     recipe, raw_cfg, splits, classes, train_count = P.common_setup(ctx)
-    loaded = load_model(exp.use_case, ctx.model_path, arch=exp.arch, classes=classes)
-    teacher = P.load_teacher(ctx, classes)
+    loaded = P.load_task_model(ctx, ctx.model_path, exp.arch, splits, classes, raw_cfg)
+    teacher = P.load_teacher(ctx, splits, classes, raw_cfg, P.detector_size(loaded))
     cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
-    task = P.build_task(ctx, splits, cfg, loaded.tokenizer)
+    task = P.build_task(ctx, splits, cfg, loaded)
     level = exp.optim_level
     mode = training_mode(level, exp.structure)
     dense_epochs = (
@@ -167,12 +166,12 @@ def main_phase_modifiers(
     the recipe's schedule, then distillation."""
     steps_per_epoch = cfg.steps_per_epoch(len(task.train))
     steps = steps_per_epoch * main_epochs
-    head = classifier_name(model)
+    heads = output_layers(model, task)
     modifiers: list[Modifier] = []
     if mode == "unstructured":
         gmp = recipe.config(GMPConfig)
         start, end = _schedule(gmp, steps)
-        exclude: tuple[str, ...] = (head,)
+        exclude: tuple[str, ...] = tuple(heads)
         if not gmp.prune_first_conv:
             first = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)), None)
             exclude += (first,) if first else ()
@@ -201,8 +200,8 @@ def main_phase_modifiers(
                 start_step=start,
                 end_step=end,
                 events=structured.structured_events,
-                round_to=structured.round_channels_to if task.kind == "image" else None,
-                ignored=[head],
+                round_to=structured.round_channels_to if task.kind != "text" else None,
+                ignored=heads,
             )
         )
     distill = recipe.config(DistillationConfig)
@@ -213,6 +212,15 @@ def main_phase_modifiers(
             )
         )
     return modifiers
+
+
+def output_layers(model: torch.nn.Module, task) -> list[str]:
+    """Layers no pruning touches: a classifier's head, or a detector's prediction layers (its
+    class, box and fixed decode convs, whose channels are the outputs' meaning)."""
+    if task.kind == "detection":
+        return list(model.prediction_layers())
+    head = classifier_name(model)
+    return [head] if head else []
 
 
 def _schedule(config: PruningScheduleConfig, steps: int) -> tuple[int, int]:

@@ -14,9 +14,9 @@ class TrainConfig:
     epochs: int = 0
     """0 = auto: about 600 optimizer steps, between 2 and 20 epochs."""
     batch_size: int = 0
-    """0 = auto: 32 (images) / 16 (text), never more than the training set."""
+    """0 = auto: 32 (images) / 16 (text, detection), never more than the training set."""
     lr: float = 0.0
-    """0 = auto: 1e-3 (images, AdamW) / 5e-5 (text, AdamW)."""
+    """0 = auto: 1e-3 (images and detection, AdamW) / 5e-5 (text, AdamW)."""
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
     warmup_fraction: float = 0.05
@@ -24,7 +24,8 @@ class TrainConfig:
     """Dense fine-tuning before pruning (gives the baseline and the distillation teacher).
     -1 = auto: half of ``epochs`` (at least 1) when the model got a new classifier head, else 0."""
     image_size: int = 0
-    """0 = auto: the images' native size rounded up to a multiple of 32, within [32, 224]."""
+    """0 = auto: the images' native size rounded up to a multiple of 32, within [32, 224]
+    (detection: the checkpoint's or the detector's size, else within [64, 640])."""
     max_length: int = 0
     """0 = auto: the 95th percentile token count of the training texts, within [16, 256]."""
     checkpoint_every: int = 0
@@ -46,7 +47,7 @@ class TrainConfig:
         if cfg.epochs <= 0:
             cfg.epochs = int(min(20, max(2, round(600 / steps_per_epoch))))
         if cfg.lr <= 0:
-            cfg.lr = 1e-3 if kind == "image" else 5e-5
+            cfg.lr = 5e-5 if kind == "text" else 1e-3
         if cfg.checkpoint_every <= 0:
             cfg.checkpoint_every = max(1, min(200, steps_per_epoch // 4 or 1))
         return cfg

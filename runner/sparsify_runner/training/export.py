@@ -1,5 +1,5 @@
 """PyTorch -> ONNX (batch dimension dynamic), and the PyTorch artifacts a run publishes
-(``model.pt`` for torchvision models, ``model-hf.tar`` for Hugging Face ones) so a result
+(``model.pt`` for torchvision models and detectors, ``model-hf.tar`` for Hugging Face ones) so a result
 can seed a sparse-transfer run or a catalog entry."""
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def export_onnx(task: Task, model: nn.Module, path: Path) -> Path:
         model.config._attn_implementation = "eager"  # sdpa exports -inf masks
     example = task.example_inputs(1)
     names = list(example)
-    module = model if task.kind == "image" else _LogitsOnly(model, names)
-    axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    module = model if task.kind in ("image", "detection") else _LogitsOnly(model, names)
+    # a detector exports its dense pre-NMS (boxes, scores); NMS runs in detection.postprocess
+    outputs = ["boxes", "scores"] if task.kind == "detection" else ["logits"]
+    axes = {n: {0: "batch"} for n in [*names, *outputs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -45,7 +47,7 @@ def export_onnx(task: Task, model: nn.Module, path: Path) -> Path:
             tuple(example[n] for n in names),
             str(path),
             input_names=names,
-            output_names=["logits"],
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
@@ -60,7 +62,7 @@ def save_torch_artifact(
     """model.pt (checkpoint dict: state_dict, arch_key, classes, image size, layer sizes when
     structurally pruned) or model-hf.tar (a Hugging Face folder) in ``out_dir``."""
     model = copy.deepcopy(model).float().cpu().eval()
-    if task.kind == "image":
+    if task.kind in ("image", "detection"):
         path = out_dir / "model.pt"
         payload = {
             "state_dict": model.state_dict(),

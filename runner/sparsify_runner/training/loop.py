@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
@@ -76,25 +75,15 @@ def _collate(batch):
     return inputs, torch.tensor([int(b[1]) for b in batch])
 
 
-def make_loader(ds, batch_size: int, num_workers: int = 0, sampler=None) -> DataLoader:
+def make_loader(ds, batch_size: int, num_workers: int = 0, sampler=None, collate=_collate) -> DataLoader:
     if sampler is not None:
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=_collate, num_workers=num_workers)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=_collate, num_workers=num_workers)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
 
 
-@torch.no_grad()
 def evaluate(task: Task, model: nn.Module, device: torch.device, batch_size: int = 64) -> float:
-    """Top-1 accuracy on the validation split (PyTorch)."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for inputs, labels in make_loader(task.val, batch_size):
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        logits = task.forward(model, inputs)
-        correct += int((logits.argmax(-1).cpu() == labels).sum())
-        total += len(labels)
-    model.train(was_training)
-    return correct / max(1, total)
+    """The task's headline validation metric (top-1 accuracy, or mAP for detection) in PyTorch."""
+    return task.evaluate(model, device, batch_size)[task.metric]
 
 
 def prunable_sparsity(model: nn.Module) -> float:
@@ -217,7 +206,7 @@ class Trainer:
                 )
                 losses: list[float] = []
                 for inputs, labels in make_loader(
-                    self.task.train, self.cfg.batch_size, self.cfg.num_workers, sampler
+                    self.task.train, self.cfg.batch_size, self.cfg.num_workers, sampler, self.task.collate
                 ):
                     if signals.stop_requested():
                         self.save()
@@ -252,7 +241,7 @@ class Trainer:
                 self.bare_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
 
-    def _train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
+    def _train_step(self, inputs: dict[str, torch.Tensor], labels: Any) -> float:
         if any(self._dispatch(Event.batch_start)):
             self._wrap_ddp()
             self.build_optimizer()  # structure changed: fresh optimizer state for the new shapes
@@ -260,13 +249,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        labels = labels.to(self.device)
+        labels = self.task.targets_to(labels, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            logits = self.task.forward(self.model, inputs)
-            loss = F.cross_entropy(logits.float(), labels)
+            loss, outputs = self.task.training_loss(self.model, inputs, labels)
             for m in self.modifiers:  # each modifier sees the loss the previous one returned
                 changed = m.on_event(
-                    self, Event.loss, loss=loss, logits=logits.float(), inputs=inputs, labels=labels
+                    self, Event.loss, loss=loss, logits=outputs, inputs=inputs, labels=labels
                 )
                 loss = loss if changed is None else changed
         self.optimizer.zero_grad(set_to_none=True)
@@ -285,19 +273,22 @@ class Trainer:
         return value
 
     def _end_epoch(self, losses: list[float]) -> None:
-        acc = evaluate(self.task, self.bare_model, self.device, self.cfg.eval_batch_size)
+        metrics = self.task.evaluate(self.bare_model, self.device, self.cfg.eval_batch_size)
+        acc = metrics[self.task.metric]
         record = EpochRecord(
             epoch=round(self.epoch_float, 3),
             phase=self.phase,
             step=self.step,
             train_loss=round(sum(losses) / max(1, len(losses)), 5) if losses else float("nan"),
-            val_accuracy=round(acc, 5),
+            val_accuracy=_rounded(metrics.get("accuracy")),
+            val_map=_rounded(metrics.get("map")),
+            val_map50=_rounded(metrics.get("map50")),
             sparsity=round(prunable_sparsity(self.bare_model), 5),
             lr=self.lr_at(max(0, self.step - 1)),
         )
         self.history.append(record)
         if self.telemetry is not None:
-            self.telemetry.evaluation(f"{self.phase}_val_accuracy", acc)
+            self.telemetry.evaluation(f"{self.phase}_val_{self.task.metric}", acc)
 
     def _progress(self):
         return _ProgressBar(
@@ -307,6 +298,10 @@ class Trainer:
             self.step,
             enabled=self.show_progress and self.rank == 0,
         )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)
 
 
 class _ProgressBar:

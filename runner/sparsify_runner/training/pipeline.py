@@ -37,6 +37,16 @@ def inspect_data(ctx: RunContext):
     from ..data.hf_datasets import inspect_hf, is_saved_dataset, split_data_kwargs
 
     options, _ = split_data_kwargs(ctx.experiment.train_kwargs)
+    if ctx.experiment.use_case == "object-detection":
+        from ..data.detection import inspect_detection
+
+        if options:
+            raise InputError(
+                f"train-kwargs {sorted(options)} select columns/splits of a Hugging Face dataset; object "
+                "detection reads a YOLO or COCO folder, drop them"
+            )
+        splits = inspect_detection(ctx.data_path)
+        return splits, splits.classes, len(splits.train)
     saved = ctx.experiment.use_case != "image-classification" and is_saved_dataset(ctx.data_path)
     if options and not saved:
         raise InputError(
@@ -55,8 +65,20 @@ def inspect_data(ctx: RunContext):
     return splits, splits.classes, len(splits.train_rows)
 
 
-def build_task(ctx: RunContext, splits, cfg: TrainConfig, tokenizer) -> Task:
+def build_task(ctx: RunContext, splits, cfg: TrainConfig, loaded) -> Task:
     seed = ctx.experiment.seed
+    tokenizer = loaded.tokenizer
+    if ctx.experiment.use_case == "object-detection":
+        from .detection_task import detection_task
+
+        return detection_task(
+            splits,
+            loaded.module.image_size,
+            metric="map50" if ctx.experiment.eval_metric == "mAP50" else "map",
+            max_train=cfg.max_train_samples,
+            max_val=cfg.max_val_samples,
+            seed=seed,
+        )
     if ctx.experiment.use_case == "image-classification":
         from ..data.imagefolder import default_image_size
 
@@ -116,7 +138,7 @@ def finalize(
     from both the plain fine-tuned model (static PTQ) and the QAT one; the one that keeps more
     validation accuracy is used and ``int8_source`` says which ("ptq" / "qat" / None)."""
     from ..benchmark import measure_latency
-    from ..evaluate import accuracy, run_onnx
+    from ..evaluate import run_onnx
     from ..modelstats import layer_sparsity, model_stats
     from .export import export_onnx
 
@@ -128,12 +150,14 @@ def finalize(
     val_samples, val_labels = task.numpy_samples(task.val)
     notes: list[str] = []
     candidates: list[CandidateRecord] = []
+    split = "val split" if task.metric == "accuracy" else f"val split, {METRIC_NAMES[task.metric]}"
 
-    def onnx_accuracy(path: Path) -> float:
-        return accuracy(run_onnx(path, val_samples, batch_size=cfg.eval_batch_size), val_labels)
+    def onnx_metrics(path: Path) -> dict[str, Any]:
+        return task.onnx_metrics(path, val_samples, val_labels, cfg.eval_batch_size)
 
-    base_acc = onnx_accuracy(base_onnx)
-    fp32_acc = onnx_accuracy(fp32_onnx)
+    base_metrics = onnx_metrics(base_onnx)
+    fp32_metrics = onnx_metrics(fp32_onnx)
+    fp32_acc = fp32_metrics[task.metric]
     chosen = fp32_onnx
     int8_method = int8_source = None
     if int8:
@@ -153,7 +177,7 @@ def finalize(
             sources.append(("qat", qat_onnx, "after quantization-aware fine-tuning", qat_grid))
         budget = recipe.int8_search_seconds / len(sources)
         limit = recipe.max_int8_accuracy_drop
-        fp32_record = CandidateRecord(name="fp32 (val split)", chosen=True, accuracy=round(fp32_acc, 5))
+        fp32_record = CandidateRecord(name=f"fp32 ({split})", chosen=True, accuracy=round(fp32_acc, 5))
         candidates.append(fp32_record)
         best: tuple[float, float, str, Path, str] | None = None
         picks: dict[str, str] = {}
@@ -170,6 +194,7 @@ def finalize(
                 notes,
                 reduce_range=reduce_range,
                 candidate_seconds=recipe.int8_candidate_seconds,
+                detector=task.kind == "detection",
             )
             if result is None:
                 continue
@@ -181,15 +206,17 @@ def finalize(
             if not result.quantized or result.chosen == "fp32":
                 notes.append(f"static INT8 ({label}): no candidate was both faithful and faster")
                 continue
-            acc = onnx_accuracy(result.path)
+            acc = onnx_metrics(result.path)[task.metric]
             candidates.append(
                 CandidateRecord(
-                    name=f"int8 {key} {result.chosen} (val split)", chosen=False, accuracy=round(acc, 5)
+                    name=f"int8 {key} {result.chosen} ({split})", chosen=False, accuracy=round(acc, 5)
                 )
             )
             drop = fp32_acc - acc
             if drop > limit:
-                notes.append(f"INT8 ({label}) lost {drop:.2%} val accuracy (> {limit:.2%} allowed)")
+                notes.append(
+                    f"INT8 ({label}) lost {drop:.2%} val {METRIC_NAMES[task.metric]} (> {limit:.2%} allowed)"
+                )
                 continue
             rank = (acc, result.speedup or 1.0)
             if best is None or rank > best[:2]:
@@ -202,13 +229,14 @@ def finalize(
             fp32_record.chosen = False
             for c in candidates:
                 if c.name == picks[int8_source] or (
-                    c.name.startswith(f"int8 {int8_source} ") and c.name.endswith("(val split)")
+                    c.name.startswith(f"int8 {int8_source} ") and c.name.endswith(f"({split})")
                 ):
                     c.chosen = True
     shutil.copyfile(chosen, ctx.work_dir / "model.onnx")
     final_onnx = ctx.work_dir / "model.onnx"
     record_serving_info(ctx, task, final_onnx, tokenizer)
-    final_acc = onnx_accuracy(final_onnx)
+    final_metrics = onnx_metrics(final_onnx)
+    final_acc = final_metrics[task.metric]
 
     ctx.telemetry.stage("benchmark")
     latencies = measure_latency(
@@ -220,9 +248,10 @@ def finalize(
     )
     baseline = model_stats(base_onnx)
     optimized = model_stats(final_onnx)
-    baseline.accuracy, optimized.accuracy = round(base_acc, 5), round(final_acc, 5)
+    set_metrics(baseline, base_metrics)
+    set_metrics(optimized, final_metrics)
     baseline.latency, optimized.latency = latencies[0], latencies[1]
-    ctx.telemetry.evaluation("accuracy", final_acc)
+    ctx.telemetry.evaluation(task.metric, final_acc)
     if exp.eval_metric in ("f1", "recall"):  # macro scores next to accuracy; the chosen one headlines
         from ..evaluate import macro_f1, macro_recall
 
@@ -244,6 +273,23 @@ def finalize(
     }
 
 
+# The INT8 search may lose this share of a detector's confident boxes (vs FP32) in a candidate
+# it proposes; the candidate must then also keep val mAP within max_int8_accuracy_drop.
+DETECTOR_INT8_BOX_BUDGET = 0.05
+METRIC_NAMES = {"accuracy": "accuracy", "map": "mAP@0.5:0.95", "map50": "mAP@0.5"}
+
+
+def set_metrics(stats: ModelStats, metrics: dict[str, Any]) -> None:
+    """A task's ``onnx_metrics`` onto a report's ModelStats (accuracy, or the mAP fields)."""
+    for key in ("accuracy", "map", "map50"):
+        if metrics.get(key) is not None:
+            setattr(stats, key, round(float(metrics[key]), 5))
+    if metrics.get("per_class"):
+        stats.map_per_class = {
+            k: round(float(v), 5) for k, v in metrics["per_class"].items() if v is not None
+        }
+
+
 def record_serving_info(ctx: RunContext, task: Task, model_path: Path, tokenizer) -> None:
     """Store the preprocessing and class names of training in model.onnx (``model_card``),
     and a text model's tokenizer in ``tokenizer/`` beside it, so ``sparsifyctl serve --task``
@@ -251,6 +297,8 @@ def record_serving_info(ctx: RunContext, task: Task, model_path: Path, tokenizer
     from .. import model_card
 
     use_case = ctx.experiment.use_case
+    if task.kind == "detection":
+        return  # the serving card describes classifier logits; detectors are not served yet
     if task.kind == "image":
         from ..data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
@@ -277,8 +325,12 @@ def _static_int8(
     *,
     reduce_range: bool | None = None,
     candidate_seconds: float = 1.5,
+    detector: bool = False,
 ):
-    """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it."""
+    """``quantize_int8`` on one FP32 export; None when onnxruntime's quantizer fails on it.
+    A ``detector``'s decode stays FP32 and its candidates are compared by their boxes, with a
+    looser box-agreement budget (``DETECTOR_INT8_BOX_BUDGET``): the val mAP check after the
+    search is the real accuracy budget."""
     from ..modifiers.int8 import quantize_int8
 
     try:
@@ -292,6 +344,8 @@ def _static_int8(
             time_budget_s=budget_s,
             bench_seconds=candidate_seconds,
             reduce_range=reduce_range,
+            detector=detector,
+            max_fidelity_loss=DETECTOR_INT8_BOX_BUDGET if detector else 0.01,
         )
     except (ValueError, RuntimeError) as err:  # onnxruntime's quantizer on an unusual graph
         log.warning("INT8 quantization failed: %s", err)
@@ -504,14 +558,33 @@ def limit_samples(exp, cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def load_teacher(ctx: RunContext, classes: list[str]):
-    """The --teacher model (None without one); it must already have a head for these classes."""
+def load_task_model(ctx: RunContext, path, arch: str | None, splits, classes: list[str], cfg: TrainConfig):
+    """``models.load_model`` with the run's input size for detectors (train-kwargs
+    ``image_size``, else the checkpoint's, the architecture's or the data's)."""
+    from ..models import load_model
+
+    kwargs = {}
+    if ctx.experiment.use_case == "object-detection":
+        from .detection_task import default_detection_size
+
+        kwargs = {"image_size": cfg.image_size or None, "default_size": default_detection_size(splits, None)}
+    return load_model(ctx.experiment.use_case, path, arch=arch, classes=classes, **kwargs)
+
+
+def detector_size(loaded) -> int | None:
+    """A detector's static input size (its teacher must run at it); None for other models."""
+    return int(loaded.module.image_size) if loaded.kind == "detection" else None
+
+
+def load_teacher(ctx: RunContext, splits, classes: list[str], cfg: TrainConfig, size: int | None = None):
+    """The --teacher model (None without one); it must already have a head for these classes
+    (and, for a detector, run at the student's input size ``size``)."""
     exp = ctx.experiment
     if ctx.teacher_path is None:
         return None
-    from ..models import load_model
-
-    teacher = load_model(exp.use_case, ctx.teacher_path, arch=exp.arch, classes=classes)
+    if size is not None:
+        cfg = with_epochs(cfg, cfg.epochs, image_size=size)
+    teacher = load_task_model(ctx, ctx.teacher_path, exp.arch, splits, classes, cfg)
     if teacher.head_replaced:
         raise InputError(
             f"teacher '{exp.teacher}' has no classifier head for these {len(classes)} classes; "

@@ -1,5 +1,10 @@
-"""A task binds data and model kind: datasets of ``(inputs: dict, label)``, the forward
-call, example inputs for export/pruning, and numpy samples for onnxruntime evaluation."""
+"""A task binds data and model kind: datasets of ``(inputs: dict, target)``, the forward
+call, the training loss, distillation, evaluation (in PyTorch and on onnxruntime), example
+inputs for export/pruning, and numpy samples for onnxruntime.
+
+``Task`` is classification (image or text: one integer label per sample, cross-entropy,
+top-1 accuracy); ``detection_task.DetectionTask`` overrides the same methods for boxes. The
+training loop, the distillation modifier and the INT8 choice only call these methods."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from ..errors import InputError
@@ -45,10 +51,62 @@ class Task:
     input_names: list[str]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    metric: str = "accuracy"
+    """The headline metric ``evaluate`` / ``onnx_metrics`` return first (the INT8 budget's)."""
+
     def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.kind == "image":
             return model(inputs["input"])
         return model(**inputs).logits
+
+    # ---- training ------------------------------------------------------------------------
+    def collate(self, batch: list) -> tuple[dict[str, torch.Tensor], Any]:
+        inputs = {k: torch.stack([b[0][k] for b in batch]) for k in batch[0][0]}
+        return inputs, torch.tensor([int(b[1]) for b in batch])
+
+    def targets_to(self, targets: Any, device: torch.device) -> Any:
+        return targets.to(device)
+
+    def training_loss(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], targets: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """(loss, outputs): the outputs are what distillation compares with the teacher's."""
+        logits = self.forward(model, inputs).float()
+        return F.cross_entropy(logits, targets), logits
+
+    def distillation_loss(
+        self, outputs: Any, teacher: torch.nn.Module, inputs: dict[str, torch.Tensor], temperature: float
+    ) -> torch.Tensor:
+        from ..modifiers.training.distillation import kd_loss
+
+        with torch.no_grad():
+            teacher_logits = self.forward(teacher, inputs).float()
+        return kd_loss(outputs, teacher_logits, temperature)
+
+    # ---- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(
+        self, model: torch.nn.Module, device: torch.device, batch_size: int = 64
+    ) -> dict[str, float]:
+        """Top-1 accuracy on the validation split (PyTorch)."""
+        from .loop import make_loader
+
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        for inputs, labels in make_loader(self.val, batch_size, collate=self.collate):
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            logits = self.forward(model, inputs)
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+            total += len(labels)
+        model.train(was_training)
+        return {"accuracy": correct / max(1, total)}
+
+    def onnx_metrics(self, path, samples: list, targets: list, batch_size: int = 64) -> dict[str, float]:
+        """The same metrics for an exported model, on onnxruntime."""
+        from ..evaluate import accuracy, run_onnx
+
+        return {"accuracy": accuracy(run_onnx(path, samples, batch_size=batch_size), targets)}
 
     def example_inputs(self, batch: int = 1) -> dict[str, torch.Tensor]:
         sample, _ = self.val[0]

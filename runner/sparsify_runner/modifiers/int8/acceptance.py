@@ -26,11 +26,15 @@ def allowed_flips(n: int, max_loss: float, alpha: float = 0.2) -> int:
 
 
 def within_budget(fid: Fidelity, min_score: float) -> bool:
-    """Top-1 agreement: flips allowed by :func:`allowed_flips`; other outputs: cosine >= min_score."""
-    if fid.top1_agreement is None:
-        return fid.cosine_similarity >= min_score
-    flips = round((1.0 - fid.top1_agreement) * fid.samples)
-    return flips <= allowed_flips(fid.samples, 1.0 - min_score)
+    """Top-1 agreement: flips allowed by :func:`allowed_flips` over the samples; a detector's box
+    agreement: the same allowance over the detections compared; other outputs: cosine >= min_score."""
+    if fid.top1_agreement is not None:
+        flips = round((1.0 - fid.top1_agreement) * fid.samples)
+        return flips <= allowed_flips(fid.samples, 1.0 - min_score)
+    if fid.box_agreement is not None and fid.box_count:
+        misses = round((1.0 - fid.box_agreement) * fid.box_count)
+        return misses <= allowed_flips(fid.box_count, 1.0 - min_score)
+    return fid.cosine_similarity >= min_score
 
 
 def passes(c: Candidate, min_score: float, min_speedup: float) -> bool:

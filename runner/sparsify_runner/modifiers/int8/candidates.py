@@ -11,11 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 
-from ...evaluate import fidelity, fidelity_score, make_session, run_session
+from ...evaluate import fidelity, fidelity_score, make_session, run_onnx_outputs, run_session
 from ...onnx_graph.feeds import batch_size, stack_batches
 from ...report import Fidelity
 
@@ -89,6 +90,8 @@ class CandidateBuilder:
         bench_seconds: float,
         bar,
         equalized_chains: int = 0,
+        always_fp32: list[str] | None = None,
+        detection: bool = False,
     ) -> None:
         from onnxruntime.quantization import QuantFormat
 
@@ -98,7 +101,9 @@ class CandidateBuilder:
         self.format = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
         self.bench_seconds = bench_seconds
         self.bar = bar
-        self.reference = run_session(make_session(fp32_path), holdout)
+        self.detection = detection
+        """Compare candidates as detectors (every output, boxes after NMS), not by the first output."""
+        self.reference = self.outputs(fp32_path)
         self.done: list[Candidate] = []
         self._cache: dict[tuple[str, Path], Path] = {}
         self.longest_build_s = 0.0
@@ -107,8 +112,23 @@ class CandidateBuilder:
         """The first candidate, MinMax calibration included: the unit for the costlier steps."""
         self.equalized_chains = equalized_chains
         """Conv -> depthwise Conv chains whose channel ranges ``pre`` has equalized."""
+        self.always_fp32 = list(always_fp32 or [])
+        """Nodes every candidate keeps in FP32 (a detector's decode tail), besides its own."""
         self.gptq_models: dict[int, Path] = {}
         self.gptq_notes: list[str] = []
+
+    def outputs(self, path: Path) -> Any:
+        """A model's outputs on the held-out samples, in the form ``fidelity`` compares."""
+        if self.detection:
+            return run_onnx_outputs(path, self.holdout)
+        return run_session(make_session(path), self.holdout)
+
+    def fidelity(self, outputs: Any) -> Fidelity:
+        if self.detection:
+            from ...detection.fidelity import detection_fidelity
+
+            return detection_fidelity(self.reference, outputs)
+        return fidelity(self.reference, outputs)
 
     def gptq_model(self, reduce_range: bool) -> Path:
         """The pre-processed model with GPTQ-rounded, bias-corrected weights on the grid that
@@ -164,13 +184,12 @@ class CandidateBuilder:
                 reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude,
+                nodes_to_exclude=exclude + self.always_fp32,
                 calibrate_method=methods[method],
                 calibration_cache_path=str(cache),
                 extra_options=extra,
             )
-        outputs = run_session(make_session(path), self.holdout)
-        fid = fidelity(self.reference, outputs)
+        fid = self.fidelity(self.outputs(path))
         base, cand = measure_latency(
             [self.fp32_path, path], seconds=self.bench_seconds, warmup=3, min_iterations=5
         )

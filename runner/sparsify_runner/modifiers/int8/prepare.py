@@ -12,6 +12,9 @@ import onnx
 from .candidates import CalibrationReader, model_batch_size
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+# A weight layer this small is a fixed projection (YOLO's DFL expectation: 16 weights 0..15),
+# part of a detector's decode, not a learned layer.
+MIN_LEARNED_WEIGHTS = 64
 Sample = dict
 
 
@@ -64,3 +67,28 @@ def structural_exclusions(model: onnx.ModelProto) -> list[str]:
     if convs and convs[0].name not in out:
         out.insert(0, convs[0].name)
     return out
+
+
+def decode_tail(model: onnx.ModelProto) -> list[str]:
+    """The nodes after a network's last learned layers: downstream of a weight layer with no
+    learned weight layer downstream of them (a detector's sigmoid, box decode and DFL; a
+    classifier's softmax). Quantizing them makes boxes collapse onto the INT8 grid (users see
+    detectors that "detect nothing" after INT8), and they cost little in FP32."""
+    import numpy as np
+
+    sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    learned = {n.name for n in weight_nodes(model) if sizes.get(n.input[1], 0) >= MIN_LEARNED_WEIGHTS}
+    producer = {out: n for n in model.graph.node for out in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    after: set[str] = set()  # nodes downstream of a learned layer
+    for n in model.graph.node:  # ONNX graphs are topologically sorted
+        if any(p.name in learned or p.name in after for i in n.input if (p := producer.get(i)) is not None):
+            after.add(n.name)
+    feeds: set[str] = set()  # nodes with a learned layer at or below them
+    for n in reversed(model.graph.node):
+        if n.name in learned or any(c.name in feeds for o in n.output for c in consumers.get(o, [])):
+            feeds.add(n.name)
+    return [n.name for n in model.graph.node if n.name in after and n.name not in feeds]

@@ -38,7 +38,7 @@ import onnx
 from ...report import CandidateRecord, Fidelity
 from .acceptance import passes, pick, within_budget
 from .candidates import Candidate, CandidateBuilder, Sample
-from .prepare import prepare, structural_exclusions, weight_nodes
+from .prepare import decode_tail, prepare, structural_exclusions, weight_nodes
 from .sensitivity import node_sensitivity
 
 
@@ -72,6 +72,7 @@ def quantize_int8(
     min_speedup: float = 1.0,
     equalize: bool = True,
     reduce_range: bool | None = None,
+    detector: bool = False,
 ) -> QuantizationResult:
     """Static INT8 chosen by measurement (see the module docstring).
 
@@ -81,7 +82,10 @@ def quantize_int8(
     speed a candidate needs relative to FP32 (1.0: never slower); ``equalize`` rescales the
     inputs of depthwise convolutions to equal channel ranges first (exact in FP32);
     ``reduce_range`` True/False restricts the search to 7-bit / full 8-bit weights (None
-    measures both: a model tuned for one grid by QAT is built on that grid)."""
+    measures both: a model tuned for one grid by QAT is built on that grid). A ``detector``
+    keeps every node after its last learned layer in FP32 (``prepare.decode_tail``: the score
+    sigmoid and box decode) and is measured by its boxes after NMS
+    (``detection.fidelity``), not by its first output."""
     from ...progress import bar
 
     if not calibration:
@@ -97,9 +101,24 @@ def quantize_int8(
     work = Path(tempfile.mkdtemp(prefix=".quant-", dir=out_path.parent))
     try:
         pre, chains = prepare(fp32_path, work, notes, calibration if equalize else None)
+        tail = decode_tail(onnx.load(str(pre))) if detector else []
+        if tail:
+            notes.append(
+                f"INT8 kept the {len(tail)} node(s) after the last learned layer (the decode) in FP32"
+            )
         with bar("quantize: measure INT8 candidates", None, enabled=show_progress) as b:
             s = CandidateBuilder(
-                fp32_path, pre, calibration, holdout, work, quant_format, bench_seconds, b, chains
+                fp32_path,
+                pre,
+                calibration,
+                holdout,
+                work,
+                quant_format,
+                bench_seconds,
+                b,
+                chains,
+                always_fp32=tail,
+                detection=detector,
             )
             chosen = search(
                 s, min_score, min_speedup, started, time_budget_s, sensitivity_samples, notes, reduce_range

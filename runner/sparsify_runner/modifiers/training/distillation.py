@@ -1,5 +1,7 @@
 """Knowledge distillation (Hinton et al. 2015): the student matches the teacher's softened
-outputs. loss = (1 - weight) * task_loss + weight * T^2 * KL(softmax(t/T) || softmax(s/T))."""
+outputs. loss = (1 - weight) * task_loss + weight * T^2 * KL(softmax(t/T) || softmax(s/T))
+for classifiers; the task supplies the comparison (``Task.distillation_loss``), so detectors
+distil their dense class scores and boxes instead."""
 
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ class DistillationModifier(Modifier):
     def on_event(self, trainer, event: Event, **payload: Any) -> Any:
         if event is not Event.loss:
             return None
-        with torch.no_grad():
-            teacher_logits = trainer.task.forward(self.teacher, payload["inputs"]).float()
-        kd = kd_loss(payload["logits"], teacher_logits, self.temperature)
+        # the task knows what to compare: softened logits, or a detector's dense scores and boxes
+        kd = trainer.task.distillation_loss(
+            payload["logits"], self.teacher, payload["inputs"], self.temperature
+        )
         return (1 - self.weight) * payload["loss"] + self.weight * kd

@@ -28,8 +28,8 @@ def count_macs(model: nn.Module, example_inputs: dict[str, torch.Tensor]) -> int
     was_training = model.training
     model.eval()
     try:
-        if set(example_inputs) == {"input"}:
-            macs, _ = tp.utils.count_ops_and_params(model, example_inputs["input"])
+        if len(example_inputs) == 1 and not hasattr(model, "config"):  # a vision model or detector
+            macs, _ = tp.utils.count_ops_and_params(model, next(iter(example_inputs.values())))
         else:  # keyword inputs (transformers): count through a positional wrapper
             names = list(example_inputs)
             wrapper = _Positional(model, names)
@@ -76,7 +76,7 @@ class StructuredPruner(Modifier):
         )
         self.round_to = round_to
         # small per-step ratios hit the MACs budget closely; heads need coarser steps
-        self.iterative_steps = 60 if kind == "image" else 20
+        self.iterative_steps = 20 if kind == "text" else 60
         self.ignored = ignored or []
         self.base_macs = count_macs(model, example_inputs)
         self.done_events = 0
@@ -110,8 +110,8 @@ class StructuredPruner(Modifier):
         device = next(model.parameters()).device
         inputs = {k: v.to(device) for k, v in self.example_inputs.items()}
         root: nn.Module = model
-        if set(inputs) == {"input"}:
-            traced = inputs["input"]
+        if self.kind != "text":
+            traced = next(iter(inputs.values()))
         else:  # trace keyword-input models through a positional wrapper
             root, traced = _Positional(model, list(inputs)), tuple(inputs.values())
         ignored = [model.get_submodule(n) for n in self.ignored]
