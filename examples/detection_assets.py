@@ -250,6 +250,54 @@ def _write_coco(out: Path, split: str, truth: list[TruthImage], classes: list[st
     (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc))
 
 
+def train_base_detector(
+    data_root: Path,
+    out: Path,
+    *,
+    arch: str = "yolov8-pico",
+    image_size: int = 96,
+    steps: int = 120,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Path:
+    """A starting detector for the demo and the tests: ``arch`` trained from scratch on the
+    dataset's train split for ``steps`` AdamW steps (the product's ``DetectionTask`` and loss),
+    saved like a run's ``model.pt`` (``state_dict``, ``arch_key``, ``image_size``, ``classes``)."""
+    import torch
+    from sparsify_runner.data.detection import inspect_detection
+    from sparsify_runner.models.detection import build_detector
+    from sparsify_runner.training.detection_task import detection_task
+    from sparsify_runner.training.loop import make_loader
+
+    torch.manual_seed(seed)
+    splits = inspect_detection(Path(data_root))
+    task = detection_task(splits, image_size)
+    model = build_detector(arch, len(splits.classes), image_size).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    done = 0
+    while done < steps:
+        for inputs, targets in make_loader(task.train, batch_size, collate=task.collate):
+            loss, _ = task.training_loss(model, inputs, targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            done += 1
+            if done == steps:
+                break
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "arch_key": arch,
+        "image_size": image_size,
+        "classes": list(splits.classes),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")

@@ -52,6 +52,17 @@ class ModelStats(BaseModel):
     latency: LatencyStats | None = None
 
 
+def set_metrics(stats: ModelStats, metrics: dict[str, Any]) -> None:
+    """Evaluation results (``accuracy``, or a detector's ``map``, ``map50``, ``per_class``) onto
+    a ModelStats, rounded; missing or None values leave the field as it is."""
+    for key in ("accuracy", "map", "map50"):
+        if metrics.get(key) is not None:
+            setattr(stats, key, round(float(metrics[key]), 5))
+    if metrics.get("per_class"):
+        per_class = metrics["per_class"].items()
+        stats.map_per_class = {k: round(float(v), 5) for k, v in per_class if v is not None}
+
+
 class Fidelity(BaseModel):
     """Agreement of the optimized model's outputs with the baseline's on held-out samples."""
 

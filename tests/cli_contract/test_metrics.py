@@ -92,14 +92,17 @@ def test_macro_metric_without_labels_and_map_are_one_line(tiny_onnx, tmp_path, c
         "--model",
         str(tiny_onnx),
         "--data",
-        str(write_npz(tmp_path / "c", 6, (3, 16, 16), "x")),
+        str(unlabeled),
         "--eval-metric",
         "mAP",
         "-o",
         str(out),
         "--quiet",
     ]
-    assert_bad(od, capsys, "eval metric 'mAP' needs box labels", "no detection pathway", out=out)
+    assert_bad(od, capsys, "eval metric 'mAP' needs ground-truth boxes", "'boxes'", "'labels'", out=out)
+    # a classifier's 'label' key on a detector's samples is named as the problem
+    od[od.index("--data") + 1] = str(write_npz(tmp_path / "c", 6, (3, 16, 16), "x"))
+    assert_bad(od, capsys, "unknown key(s) 'label'", "optional 'boxes' and 'labels'", out=out)
     assert_bad(
         _one_shot(tiny_onnx, unlabeled, out, "--eval-metric", "mAP"),
         capsys,

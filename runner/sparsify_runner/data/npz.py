@@ -3,7 +3,10 @@
 Each file is one sample: a mapping from every ONNX input name to an array *without* the
 batch dimension (shape = the model input's shape minus its first dimension). An optional
 ``label`` key holds the sample's integer class (a 0-d or 1-element array); when every
-file has one, the report gives accuracy, otherwise fidelity to the baseline. Files are read
+file has one, the report gives accuracy, otherwise fidelity to the baseline. For a detector
+(``detection=True``) the optional keys are ``boxes`` ((n, 4) x1, y1, x2, y2 in the model
+input's pixels) and ``labels`` ((n,) integer classes), both or neither; with them on every
+file the report gives mAP. Files are read
 recursively and sorted by relative path, so the split below is reproducible.
 
 Split rule (deterministic, no randomness): with ``n`` samples and ``n >= MIN_FOR_HOLDOUT``,
@@ -19,6 +22,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +30,7 @@ from ..errors import InputError
 from ..onnx_model import InputSpec
 
 LABEL_KEY = "label"
+BOX_KEYS = ("boxes", "labels")
 MIN_FOR_HOLDOUT = 5
 
 Sample = dict[str, np.ndarray]
@@ -35,14 +40,15 @@ Sample = dict[str, np.ndarray]
 class NpzDataset:
     files: list[Path]
     samples: list[Sample]
-    labels: list[int] | None
+    labels: list[Any] | None
+    """Per sample: an int class, or for detectors a (boxes (n, 4), labels (n,)) pair."""
 
 
 @dataclass
 class Split:
     calibration: list[Sample]
     holdout: list[Sample]
-    holdout_labels: list[int] | None
+    holdout_labels: list[Any] | None
     calibration_files: list[str]
     holdout_files: list[str]
     notes: list[str] = field(default_factory=list)
@@ -66,7 +72,45 @@ def list_npz(folder: Path) -> list[Path]:
     return files
 
 
-def _read_one(path: Path, inputs: list[InputSpec]) -> tuple[Sample, int | None]:
+def _read_target(path: Path, raw: dict[str, np.ndarray], detection: bool) -> Any:
+    """The sample's ``label`` (an int), a detector's ``(boxes, labels)``, or None."""
+    if not detection:
+        if LABEL_KEY not in raw:
+            return None
+        lab = np.asarray(raw[LABEL_KEY])
+        if lab.size != 1 or lab.dtype.kind not in "iu":
+            raise InputError(
+                f"data file '{path}': '{LABEL_KEY}' must be one integer class index, "
+                f"got dtype {lab.dtype} shape {tuple(lab.shape)}"
+            )
+        return int(lab.reshape(-1)[0])
+    present = [k for k in BOX_KEYS if k in raw]
+    if not present:
+        return None
+    if len(present) == 1:
+        raise InputError(
+            f"data file '{path}' has '{present[0]}' without '{({*BOX_KEYS} - {present[0]}).pop()}'; "
+            "give a detector's samples both 'boxes' (n, 4) and 'labels' (n,), or neither"
+        )
+    boxes, labels = np.asarray(raw["boxes"]), np.asarray(raw["labels"])
+    if boxes.dtype.kind not in "fiu" or boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise InputError(
+            f"data file '{path}': 'boxes' must be an (n, 4) array of x1, y1, x2, y2 pixels, got dtype "
+            f"{boxes.dtype} shape {tuple(boxes.shape)}"
+        )
+    if labels.dtype.kind not in "iu" or labels.shape != (len(boxes),):
+        raise InputError(
+            f"data file '{path}': 'labels' must be ({len(boxes)},) integer classes (one per box), got "
+            f"dtype {labels.dtype} shape {tuple(labels.shape)}"
+        )
+    if len(boxes) and bool(np.any(boxes[:, 2:] <= boxes[:, :2])):
+        raise InputError(f"data file '{path}': a box has x2 <= x1 or y2 <= y1; boxes are x1, y1, x2, y2")
+    if len(labels) and labels.min() < 0:
+        raise InputError(f"data file '{path}': 'labels' has a negative class index")
+    return boxes.astype(np.float32), labels.astype(np.int64)
+
+
+def _read_one(path: Path, inputs: list[InputSpec], detection: bool = False) -> tuple[Sample, Any]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {k: npz[k] for k in npz.files}
@@ -80,8 +124,9 @@ def _read_one(path: Path, inputs: list[InputSpec]) -> tuple[Sample, int | None]:
             "write samples with numpy.savez"
         ) from None
     expected = {spec.name for spec in inputs}
+    optional = set(BOX_KEYS) if detection else {LABEL_KEY}
     missing = sorted(expected - set(raw))
-    extra = sorted(set(raw) - expected - {LABEL_KEY})
+    extra = sorted(set(raw) - expected - optional)
     if missing or extra:
         what = []
         if missing:
@@ -90,7 +135,8 @@ def _read_one(path: Path, inputs: list[InputSpec]) -> tuple[Sample, int | None]:
             what.append(f"unknown key(s) {', '.join(repr(e) for e in extra)}")
         raise InputError(
             f"data file '{path}': {' and '.join(what)}; the model expects keys "
-            f"{', '.join(repr(s.name) for s in inputs)} (plus an optional '{LABEL_KEY}')"
+            f"{', '.join(repr(s.name) for s in inputs)} (plus optional "
+            f"{' and '.join(repr(k) for k in sorted(optional))})"
         )
     sample: Sample = {}
     for spec in inputs:
@@ -113,36 +159,29 @@ def _read_one(path: Path, inputs: list[InputSpec]) -> tuple[Sample, int | None]:
                 )
             arr = arr.astype(spec.dtype)
         sample[spec.name] = np.ascontiguousarray(arr)
-    label = None
-    if LABEL_KEY in raw:
-        lab = np.asarray(raw[LABEL_KEY])
-        if lab.size != 1 or lab.dtype.kind not in "iu":
-            raise InputError(
-                f"data file '{path}': '{LABEL_KEY}' must be one integer class index, "
-                f"got dtype {lab.dtype} shape {tuple(lab.shape)}"
-            )
-        label = int(lab.reshape(-1)[0])
-    return sample, label
+    return sample, _read_target(path, raw, detection)
 
 
-def load_npz_folder(folder: Path, inputs: list[InputSpec], *, show_progress: bool = False) -> NpzDataset:
-    """Read and validate every sample; InputError names the file, the input and expected vs got."""
+def load_npz_folder(
+    folder: Path, inputs: list[InputSpec], *, show_progress: bool = False, detection: bool = False
+) -> NpzDataset:
+    """Read and validate every sample; InputError names the file, the input and expected vs got.
+    ``detection``: the optional keys are a detector's ``boxes`` / ``labels``, not ``label``."""
     from ..progress import track
 
     files = list_npz(folder)
     samples: list[Sample] = []
     labels: list[int | None] = []
     for path in track(files, "read samples", enabled=show_progress and len(files) > 200):
-        sample, label = _read_one(path, inputs)
+        sample, label = _read_one(path, inputs, detection)
         samples.append(sample)
         labels.append(label)
     with_label = [lab is not None for lab in labels]
     if any(with_label) and not all(with_label):
         first = files[with_label.index(False)]
-        raise InputError(
-            f"data file '{first}' has no '{LABEL_KEY}' while others do; give every sample a label or none"
-        )
-    return NpzDataset(files, samples, [int(lab) for lab in labels] if all(with_label) else None)
+        key = "'boxes'/'labels'" if detection else f"'{LABEL_KEY}'"
+        raise InputError(f"data file '{first}' has no {key} while others do; give every sample them or none")
+    return NpzDataset(files, samples, list(labels) if all(with_label) else None)
 
 
 def _spread(n: int, k: int) -> list[int]:

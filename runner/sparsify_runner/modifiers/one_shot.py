@@ -45,23 +45,41 @@ class OneShotState:
     """The loaded ``onnx.ModelProto`` of the input (pruning modifiers start from it)."""
     show_progress: bool = False
     telemetry: Any = None
-    outputs: dict[Path, list[Any]] = field(default_factory=dict)
+    outputs: dict[Path, Any] = field(default_factory=dict)
     """Held-out outputs already computed, by model file (each model is run once)."""
+    detector: bool = False
+    """An object detector: every output is kept (boxes and scores), fidelity compares boxes
+    after NMS, and INT8 keeps the decode after the last learned layer in FP32."""
 
-    def holdout_outputs(self, path: Path, label: str) -> list[Any]:
-        """The held-out outputs of the model at ``path``, computed once."""
-        from ..evaluate import run_onnx
+    def holdout_outputs(self, path: Path, label: str) -> Any:
+        """The held-out outputs of the model at ``path``, computed once: the first output per
+        sample, or for a detector every output (name -> array over the samples)."""
+        from ..evaluate import run_onnx, run_onnx_outputs
 
         if path not in self.outputs:
-            show = f"evaluate {label}" if self.show_progress else None
-            self.outputs[path] = run_onnx(path, self.holdout, progress=show)
+            if self.detector:
+                self.outputs[path] = run_onnx_outputs(path, self.holdout)
+            else:
+                show = f"evaluate {label}" if self.show_progress else None
+                self.outputs[path] = run_onnx(path, self.holdout, progress=show)
         return self.outputs[path]
 
-    def fidelity_to_baseline(self, path: Path, label: str) -> float:
-        """Top-1 agreement (else cosine) of the model at ``path`` with the baseline, held out."""
-        from ..evaluate import fidelity, fidelity_score
+    def fidelity(self, path: Path, label: str):
+        """``Fidelity`` of the model at ``path`` to the baseline on the held-out samples."""
+        from ..evaluate import fidelity
 
-        return fidelity_score(fidelity(self.baseline_outputs, self.holdout_outputs(path, label)))
+        outputs = self.holdout_outputs(path, label)
+        if self.detector:
+            from ..detection.fidelity import detection_fidelity
+
+            return detection_fidelity(self.baseline_outputs, outputs)
+        return fidelity(self.baseline_outputs, outputs)
+
+    def fidelity_to_baseline(self, path: Path, label: str) -> float:
+        """Top-1 agreement (else box agreement, else cosine) with the baseline, held out."""
+        from ..evaluate import fidelity_score
+
+        return fidelity_score(self.fidelity(path, label))
 
     def stage(self, name: str) -> None:
         if self.telemetry is not None:
@@ -194,6 +212,7 @@ class Int8Search(Modifier):
             bench_seconds=self.config.int8_candidate_seconds,
             time_budget_s=self.config.int8_search_seconds,
             equalize=self.config.int8_equalization,
+            detector=state.detector,
         )
         if q.quantized:  # else q.path is a copy of the input: keep the input (and its outputs)
             state.current = q.path

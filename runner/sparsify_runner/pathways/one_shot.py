@@ -64,11 +64,6 @@ def _plan(ctx: RunContext) -> _Plan:
             "--structure channels selects channels with the calibration Hessian (structured OBS) and has "
             "no magnitude variant; use --pruning-method obs (the default) or --structure unstructured"
         )
-    if exp.eval_metric == "mAP":
-        raise InputError(
-            "eval metric 'mAP' needs box labels, which one-shot .npz samples do not carry (there is no "
-            "detection pathway yet); use --eval-metric fidelity"
-        )
     if ctx.model_path is None:
         raise InputError("one-shot needs an ONNX model; pass --model MODEL.onnx")
     level = float(exp.optim_level)
@@ -88,7 +83,7 @@ def _plan(ctx: RunContext) -> _Plan:
 def run(ctx: RunContext) -> Report:
     from ..benchmark import measure_latency
     from ..data.npz import load_npz_folder, split_samples
-    from ..evaluate import accuracy, fidelity, fidelity_score
+    from ..evaluate import accuracy, fidelity_score
     from ..modelstats import layer_sparsity, model_stats
     from ..modifiers.base import ModifierResult
     from ..modifiers.one_shot import OneShotState
@@ -110,8 +105,14 @@ def run(ctx: RunContext) -> Report:
     p = _plan(ctx)
     recipe, channels, target, int8, modifiers = p.recipe, p.channels, p.target, p.int8, p.modifiers
 
+    detector = exp.use_case == "object-detection"
     model, inputs = load_static_model(ctx.model_path)
-    data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress)
+    data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress, detection=detector)
+    if exp.eval_metric in ("mAP", "mAP50") and data.labels is None:
+        raise InputError(
+            f"eval metric '{exp.eval_metric}' needs ground-truth boxes: add 'boxes' (n, 4) x1 y1 x2 y2 "
+            f"pixels and 'labels' (n,) to every .npz file in '{ctx.data_path}', or use --eval-metric fidelity"
+        )
     if exp.eval_metric in ("accuracy", "f1", "recall") and data.labels is None:
         raise InputError(
             f"eval metric '{exp.eval_metric}' needs labels: add an integer 'label' key to every .npz file in "
@@ -160,9 +161,12 @@ def run(ctx: RunContext) -> Report:
             model=model,
             show_progress=ctx.show_progress,
             telemetry=tel,
+            detector=detector,
         )
         base_out = state.baseline_outputs = state.holdout_outputs(baseline_path, "baseline")
-        base_acc = accuracy(base_out, split.holdout_labels) if use_labels else None
+        if detector:
+            check_detector_outputs(base_out)
+        base_acc = accuracy(base_out, split.holdout_labels) if use_labels and not detector else None
         if base_acc is not None:
             tel.evaluation("baseline_accuracy", base_acc)
         lap("baseline")
@@ -202,8 +206,8 @@ def run(ctx: RunContext) -> Report:
         # ---- evaluate on held-out samples (a model already run is not run again) ----------
         tel.stage("evaluate")
         opt_out = state.holdout_outputs(state.current, "optimized")
-        fid = fidelity(base_out, opt_out)
-        opt_acc = accuracy(opt_out, split.holdout_labels) if use_labels else None
+        fid = state.fidelity(state.current, "optimized")
+        opt_acc = accuracy(opt_out, split.holdout_labels) if use_labels and not detector else None
         tel.evaluation("fidelity", fidelity_score(fid))
         if opt_acc is not None:
             tel.evaluation("accuracy", opt_acc)
@@ -224,6 +228,9 @@ def run(ctx: RunContext) -> Report:
 
     baseline = model_stats(baseline_path).model_copy(update={"accuracy": base_acc, "latency": base_lat})
     optimized = model_stats(final_path).model_copy(update={"accuracy": opt_acc, "latency": opt_lat})
+    if use_labels and detector:  # mAP on the held-out samples' boxes
+        set_detection_metrics(baseline, optimized, base_out, opt_out, split.holdout_labels)
+        tel.evaluation("map", optimized.map)
     if use_labels and exp.eval_metric in ("f1", "recall"):  # macro scores on the held-out labels
         from ..evaluate import macro_f1, macro_recall
 
@@ -269,6 +276,24 @@ def run(ctx: RunContext) -> Report:
     )
     tel.progress(1.0)
     return report
+
+
+def check_detector_outputs(outputs: dict) -> None:
+    """A detector's outputs must be a format the post-processing reads (one clear line if not)."""
+    from ..detection.postprocess import parse_outputs
+
+    parse_outputs(outputs)
+
+
+def set_detection_metrics(baseline, optimized, base_out: dict, opt_out: dict, targets: list) -> None:
+    """mAP of both models against the held-out samples' boxes (class names are the indices)."""
+    from ..detection.metrics import mean_average_precision
+    from ..detection.postprocess import parse_outputs, postprocess
+    from ..report import set_metrics
+
+    classes = [str(i) for i in range(parse_outputs(base_out)[0][1].shape[1])]
+    for stats, outputs in ((baseline, base_out), (optimized, opt_out)):
+        set_metrics(stats, mean_average_precision(postprocess(outputs), targets, classes))
 
 
 # modifier results that describe the run but are not settings of it

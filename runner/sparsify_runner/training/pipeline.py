@@ -22,7 +22,7 @@ from ..context import RunContext
 from ..cpu_features import int8_saturates
 from ..errors import InputError
 from ..recipes import TrainingRecipe
-from ..report import CandidateRecord, LayerReport, ModelStats, Report, measured_speedup
+from ..report import CandidateRecord, LayerReport, ModelStats, Report, measured_speedup, set_metrics
 from ..speedup import ChannelCounts, explain_speedup
 from .checkpoint import CheckpointStore, fingerprint
 from .config import TrainConfig, parse_train_kwargs
@@ -277,17 +277,6 @@ def finalize(
 # it proposes; the candidate must then also keep val mAP within max_int8_accuracy_drop.
 DETECTOR_INT8_BOX_BUDGET = 0.05
 METRIC_NAMES = {"accuracy": "accuracy", "map": "mAP@0.5:0.95", "map50": "mAP@0.5"}
-
-
-def set_metrics(stats: ModelStats, metrics: dict[str, Any]) -> None:
-    """A task's ``onnx_metrics`` onto a report's ModelStats (accuracy, or the mAP fields)."""
-    for key in ("accuracy", "map", "map50"):
-        if metrics.get(key) is not None:
-            setattr(stats, key, round(float(metrics[key]), 5))
-    if metrics.get("per_class"):
-        stats.map_per_class = {
-            k: round(float(v), 5) for k, v in metrics["per_class"].items() if v is not None
-        }
 
 
 def record_serving_info(ctx: RunContext, task: Task, model_path: Path, tokenizer) -> None:

@@ -12,6 +12,10 @@ one INT8 search and one mAP evaluation serve all of them.
 * ``model.loss(outputs, targets)`` -> scalar loss; ``targets`` is one dict per image with
   ``boxes`` ``(n, 4)`` float32 x1, y1, x2, y2 in input pixels and ``labels`` ``(n,)`` int64
   class indices (n may be 0: a background image).
+* ``model.prediction_layers()`` -> module names of the final prediction convs (class, box,
+  any fixed decode layer): pruning never touches them.
+* ``model.class_head_keys()`` -> the state-dict keys whose shapes depend on the class count:
+  a checkpoint trained on other classes loads everything else and these start fresh.
 """
 
 from __future__ import annotations
@@ -34,3 +38,7 @@ class Detector(Protocol):
     def loss(
         self, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
     ) -> torch.Tensor: ...
+
+    def prediction_layers(self) -> list[str]: ...
+
+    def class_head_keys(self) -> list[str]: ...

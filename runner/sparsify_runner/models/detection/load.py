@@ -13,7 +13,7 @@ from ...errors import InputError
 from .. import LoadedModel
 
 
-def _checkpoint_classes(state: dict[str, torch.Tensor], model, num_classes: int) -> list[str]:
+def _checkpoint_classes(state: dict[str, torch.Tensor], model) -> list[str]:
     """Names of the class-prediction tensors whose shapes differ from ``state``'s (a model
     trained on another class count); any other mismatch is an error."""
     own = model.state_dict()
@@ -55,12 +55,12 @@ def load_detection_model(
 
         restore_shapes(model, state, ckpt["shapes"])
     notes: list[str] = []
-    resized = _checkpoint_classes(state, model, len(classes))
     if hasattr(model, "load_checkpoint_state"):  # torchvision wrappers also take raw torchvision keys
-        note = model.load_checkpoint_state(state)
-        if note:
-            notes.append(note)
+        note = model.load_checkpoint_state(state)  # re-sizes the class head itself, says so
+        resized = bool(note)
+        notes += [note] if note else []
     else:
+        resized = _checkpoint_classes(state, model)
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
