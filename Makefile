@@ -39,7 +39,8 @@ demo: venv
 demo-detection: venv
 	$(PY) examples/demo_detection.py
 
-# A real sparse-transfer catalog (pruned MobileNetV2s on MNIST) in build/catalog (~10 min on 2 cores).
+# A real sparse-transfer catalog in build/catalog: pruned MobileNetV2s on MNIST and pruned YOLOv8-style
+# detectors on digits-on-photos (~20 min on 2 cores; --no-detection for the classifiers only).
 catalog: venv
 	$(PY) examples/build_catalog.py
 

@@ -12,7 +12,7 @@ Format (``version: 1``)::
         parameters: 11689512
         sizeBytes: 46830571
         sparsity: 0.8
-        accuracy: 0.694
+        accuracy: 0.694                    # top-1; for object-detection: mAP@0.5:0.95
         dataset: imagenet
         description: free text
 
@@ -165,7 +165,8 @@ def entry_from_run(
         parameters=settings.get("torch_parameters") or optimized.get("parameters"),
         size_bytes=artifact.stat().st_size,
         sparsity=float(settings.get("torch_sparsity", optimized.get("sparsity", 0.0)) or 0.0),
-        accuracy=optimized.get("accuracy"),
+        # the headline metric: top-1 accuracy, or a detector's mAP@0.5:0.95
+        accuracy=optimized.get("accuracy") if optimized.get("accuracy") is not None else optimized.get("map"),
         dataset=dataset,
         description=description or f"{report.get('mode')} result of a {exp.get('type')} run",
         structure="channels" if report.get("mode") == "channels" else "unstructured",

@@ -128,6 +128,12 @@ def resolve_model(uri: str | None, exp: Experiment, *, what: str = "model") -> P
     kind = torchvision_kind(uri)
     if kind is None:
         return None  # an ordinary missing path: storage.fetch says so
+    if kind == "detection":
+        raise InputError(
+            f"{what} '{uri}' names a torchvision detection architecture; detectors are not fetched by name: "
+            "save {'arch_key': ..., 'state_dict': ...} (or a state dict with --arch) and pass the file, "
+            "or for one-shot your own exported .onnx file (see docs/detection.md)"
+        )
     if kind != "classification":
         raise InputError(
             f"{what} '{uri}' is a torchvision {kind} architecture; this project has no {kind} pathway yet, "

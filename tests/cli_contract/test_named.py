@@ -151,8 +151,8 @@ def test_detection_architecture_name_says_there_is_no_detection_pathway(arch, im
             "--quiet",
         ],
         capsys,
-        f"'{arch}' is a torchvision detection architecture",
-        "no detection pathway",
+        f"'{arch}' names a torchvision detection architecture",
+        "detectors are not fetched by name",
         out=tmp_path / "o",
     )
 

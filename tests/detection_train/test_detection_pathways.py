@@ -70,6 +70,8 @@ def test_training_aware_unstructured_reports_map_and_keeps_detecting(
     # model.pt loads without unpickling objects and is the arch + state dict of the result
     ckpt = torch.load(out / "model.pt", weights_only=True)
     assert ckpt["arch_key"] == "yolov8-pico" and ckpt["classes"] == det_data.classes
+    examples = sorted(p.name for p in (out / "examples").iterdir())
+    assert examples and examples[0] == "val_00.png"  # baseline vs optimized boxes drawn
     summary = (out / "report.html").read_text()
     assert "mAP@0.5:0.95" in summary
 

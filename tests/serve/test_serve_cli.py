@@ -98,7 +98,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str]:
     ("args", "message"),
     [
         (["missing.onnx"], "model 'missing.onnx' does not exist"),
-        (["{linear}", "--task", "object-detection"], "object detection is not built yet"),
+        (["{linear}", "--task", "object-detection"], "serving a detector with --task is not built yet"),
         (["{linear}", "--task", "image-classification"], "has no 'sparsify.serving' metadata"),
         (["{linear}", "--task", "translation"], "--task 'translation' is not supported"),
         (["{linear}", "--device", "tpu"], "--device must be cpu or cuda"),

@@ -143,8 +143,8 @@ def make_task(use_case: str, model: ServedModel) -> ClassifierTask:
     canonical = normalize_use_case(use_case)
     if canonical == "object-detection":
         raise InputError(
-            "--task object-detection: object detection is not built yet in this project; serve the model "
-            "without --task and post tensors to /v2/models/NAME/infer"
+            "--task object-detection: serving a detector with --task is not built yet in this project; serve "
+            "the model without --task, post tensors to /v2/models/NAME/infer and run NMS on boxes/scores"
         )
     if canonical not in SUPPORTED:
         raise InputError(

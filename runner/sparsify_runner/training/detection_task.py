@@ -134,6 +134,17 @@ class DetectionTask(Task):
         detections = postprocess(run_onnx_outputs(path, samples, batch_size=batch_size))
         return mean_average_precision(detections, targets, self.classes)
 
+    def write_examples(self, baseline, optimized, samples: list, targets: list, out_dir, count: int = 4):
+        """``val_NN.png``: baseline vs optimized detections on the first ``count`` val images."""
+        from ..detection.draw import draw_examples
+        from ..detection.postprocess import postprocess
+        from ..evaluate import run_onnx_outputs
+
+        shown = samples[:count]
+        dets = [postprocess(run_onnx_outputs(path, shown)) for path in (baseline, optimized)]
+        images = [s[INPUT_NAME] for s in shown]
+        return draw_examples(images, dets[0], dets[1], targets[:count], self.classes, out_dir)
+
     def numpy_samples(self, dataset: Dataset, limit: int | None = None):
         n = len(dataset) if limit is None else min(limit, len(dataset))
         samples, targets = [], []

@@ -237,6 +237,13 @@ def finalize(
     record_serving_info(ctx, task, final_onnx, tokenizer)
     final_metrics = onnx_metrics(final_onnx)
     final_acc = final_metrics[task.metric]
+    examples_dir = ctx.work_dir / EXAMPLES_DIR
+    examples = task.write_examples(base_onnx, final_onnx, val_samples, val_labels, examples_dir)
+    if examples:
+        notes.append(
+            f"{len(examples)} example images (baseline vs optimized detections, score >= 0.25; ground "
+            f"truth dashed) in {EXAMPLES_DIR}/"
+        )
 
     ctx.telemetry.stage("benchmark")
     latencies = measure_latency(
@@ -266,13 +273,14 @@ def finalize(
         "optimized": optimized,
         "layers": layer_sparsity(final_onnx),
         "candidates": candidates,
-        "notes": notes,
+        "notes": list(dict.fromkeys(notes)),  # both INT8 sources may say the same
         "int8_method": int8_method,
         "int8_source": int8_source,
         "fp32_accuracy": fp32_acc,
     }
 
 
+EXAMPLES_DIR = "examples"
 # The INT8 search may lose this share of a detector's confident boxes (vs FP32) in a candidate
 # it proposes; the candidate must then also keep val mAP within max_int8_accuracy_drop.
 DETECTOR_INT8_BOX_BUDGET = 0.05

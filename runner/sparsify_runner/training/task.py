@@ -102,6 +102,10 @@ class Task:
         model.train(was_training)
         return {"accuracy": correct / max(1, total)}
 
+    def write_examples(self, baseline, optimized, samples: list, targets: list, out_dir) -> list:
+        """Example images of both models' outputs for the report (detectors draw boxes)."""
+        return []
+
     def onnx_metrics(self, path, samples: list, targets: list, batch_size: int = 64) -> dict[str, float]:
         """The same metrics for an exported model, on onnxruntime."""
         from ..evaluate import accuracy, run_onnx
