@@ -162,3 +162,22 @@ def test_upstream_correction_recovers_dense_output() -> None:
     corrected = sparsegpt_prune(correct_to_dense(w, h, cross), h, n).weight
     assert int((corrected == 0).sum()) == n
     assert torch.linalg.norm(target - corrected @ x) < 0.8 * torch.linalg.norm(target - plain @ x)
+
+
+def test_per_group_counts_prune_stacked_copies_like_separate_calls() -> None:
+    """The sensitivity probe prunes copies of one layer to several sparsities in one sweep."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(16, 40, generator=g)
+    x = _correlated_inputs(40, 2000, seed=4)
+    h = (2 * x @ x.t() / x.shape[1]).double()
+    counts = [0, 160, 320, 480]
+    stacked = sparsegpt_prune(w.repeat(4, 1, 1), h.repeat(4, 1, 1), counts, blocksize=16)
+    for i, n in enumerate(counts):
+        alone = sparsegpt_prune(w, h, n, blocksize=16)
+        assert int(stacked.mask[i].sum()) == n
+        assert torch.equal(stacked.mask[i], alone.mask)
+        assert torch.allclose(stacked.weight[i], alone.weight, atol=1e-5)
+    with pytest.raises(ValueError, match="one count"):
+        sparsegpt_prune(w.repeat(2, 1, 1), h.repeat(2, 1, 1), [10, 20, 30])
+    with pytest.raises(ValueError, match="one count"):
+        sparsegpt_prune(w.repeat(2, 1, 1), h.repeat(2, 1, 1), [10, 641])

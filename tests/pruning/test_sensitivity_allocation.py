@@ -7,7 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from sparsify_runner.evaluate import run_onnx
-from sparsify_runner.kernels.allocation import LayerProfile, allocate, allocate_by_damage
+from sparsify_runner.kernels.allocation import (
+    LayerProfile,
+    allocate,
+    allocate_by_damage,
+    interpolate_damage,
+)
 from sparsify_runner.modifiers.onnx_pruning import prune_onnx
 from sparsify_runner.modifiers.sensitivity import measure_damage
 from sparsify_runner.onnx_graph.layers import find_layers
@@ -85,6 +90,49 @@ def test_damage_curves_rank_the_fragile_layer_first(tmp_path):
     )
 
 
+def test_obs_probe_measures_what_obs_pruning_loses(tmp_path):
+    """The OBS probe re-fits the kept weights on the Hessian of other samples, as the pruning
+    pass will: less damage than zeroing at every level, same ranking, and the probe samples
+    are not the ones the Hessians come from."""
+    model, _ = _mlp(tmp_path)
+    layers, _ = find_layers(model)
+    probe = _samples(16, seed=1)
+    mag = measure_damage(model, layers, probe, levels=(0.3, 0.5, 0.7)).curves
+    obs = measure_damage(
+        model, layers, probe, method="obs", hessian_samples=_samples(512, seed=3), levels=(0.3, 0.5, 0.7)
+    ).curves
+    assert set(obs) == set(mag) == {"stem", "robust", "fragile", "tail"}
+    for name, points in obs.items():
+        damage = [d for _, d in points]
+        assert points[0] == (0.0, 0.0) and damage == sorted(damage)
+        if name == "stem":  # white inputs (H ~ I): nothing for OBS to re-fit with
+            continue
+        for (_, d_obs), (_, d_mag) in zip(points[1:], mag[name][1:], strict=True):
+            assert d_obs < 0.8 * d_mag, (name, d_obs, d_mag)
+    at_half = {name: dict(points)[0.5] for name, points in obs.items()}
+    assert at_half["fragile"] > 3 * max(at_half["robust"], at_half["tail"])
+    with pytest.raises(ValueError, match="needs calibration samples"):
+        measure_damage(model, layers, probe, method="obs")
+
+
+def test_damage_is_geometric_between_probes_so_allocations_fall_between_them():
+    curve = [(0.0, 0.0), (0.3, 1e-3), (0.5, 1e-2), (0.7, 0.1)]
+    for s, d in curve[1:]:
+        assert interpolate_damage(curve, s) == pytest.approx(d)
+    assert interpolate_damage(curve, 0.4) == pytest.approx(10**-2.5)  # geometric mean
+    assert interpolate_damage(curve, 0.6) == pytest.approx(10**-1.5)
+    assert interpolate_damage(curve, 0.15) == pytest.approx(1e-3 * 0.5 ** (np.log(10) / np.log(5 / 3)))
+    assert interpolate_damage(curve, 0.9) == pytest.approx(1.0)  # the last growth rate, extended
+    assert interpolate_damage(curve, 0.0) == 0.0
+    # a smooth curve lets a layer settle between probe levels (a linear one snaps onto them)
+    layers = [LayerProfile("a", 100_000, "normal"), LayerProfile("b", 100_000, "normal")]
+    curves = {"a": curve, "b": [(s, 4 * d) for s, d in curve]}
+    plan = allocate_by_damage(layers, curves, 0.5)
+    rates = [a.sparsity for a in plan.layers]
+    assert rates[0] > rates[1] and all(r not in (0.3, 0.5, 0.7) for r in rates), rates
+    assert plan.planned == pytest.approx(0.5, abs=1e-3)
+
+
 @pytest.mark.parametrize("method", ["magnitude", "obs"])
 def test_sensitivity_allocation_meets_the_target_at_less_damage_than_erk(tmp_path, method):
     model, path = _mlp(tmp_path)
@@ -134,3 +182,11 @@ def test_unknown_allocation_is_one_clear_error(tmp_path):
     model, _ = _mlp(tmp_path)
     with pytest.raises(InputError, match="unknown sparsity allocation 'owl'; choose one of erk, sensitivity"):
         prune_onnx(model, _samples(4, seed=1), 0.5, allocation="owl")
+
+
+def test_obs_probe_with_few_samples_uses_them_all_and_meets_the_target(tmp_path):
+    """Fewer calibration samples than twice the probe's: the OBS Hessians come from all of them."""
+    model, _ = _mlp(tmp_path)
+    res = prune_onnx(model, _samples(12, seed=1), 0.4, allocation="sensitivity", sensitivity_samples=8)
+    assert res.achieved_sparsity == pytest.approx(0.4, abs=2e-3)
+    assert any("obs-pruned alone on 8 calibration samples" in n for n in res.notes)

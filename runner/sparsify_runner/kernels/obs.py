@@ -96,7 +96,7 @@ def inverse_hessian_cholesky(
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    n_prune: int,
+    n_prune: int | list[int],
     *,
     blocksize: int = 128,
     percdamp: float = 0.01,
@@ -107,14 +107,18 @@ def sparsegpt_prune(
     (groups, cols, cols), any float dtype (the Cholesky work runs in float64, the
     column sweep in float32). ``n_prune`` is split over (block, group, row) units
     proportionally, so every row of every block gets the same sparsity up to rounding and
-    the layer total is exact.
+    the layer total is exact. A list gives one count per group instead (the sensitivity
+    probe prunes copies of a layer to several sparsities in one sweep this way).
     """
     w_in, h_in, squeeze = _as_batched(weight, hessian)
     groups, rows, cols = w_in.shape
     if h_in.shape != (groups, cols, cols):
         raise ValueError(f"Hessian shape {tuple(h_in.shape)} does not match weight {tuple(w_in.shape)}")
-    if not 0 <= n_prune <= w_in.numel():
-        raise ValueError(f"cannot prune {n_prune} of {w_in.numel()} weights")
+    if isinstance(n_prune, int):
+        if not 0 <= n_prune <= w_in.numel():
+            raise ValueError(f"cannot prune {n_prune} of {w_in.numel()} weights")
+    elif len(n_prune) != groups or not all(0 <= n <= rows * cols for n in n_prune):
+        raise ValueError(f"need one count in [0, {rows * cols}] per group ({groups}), got {n_prune}")
     w = w_in.to(torch.float32).clone()
     dead = torch.diagonal(h_in, dim1=-2, dim2=-1) <= 0  # (groups, cols)
     upper, damp = inverse_hessian_cholesky(h_in, percdamp)
@@ -123,8 +127,14 @@ def sparsegpt_prune(
 
     blocks = [(i1, min(i1 + blocksize, cols)) for i1 in range(0, cols, blocksize)]
     # one unit per (block, group, row): every output row keeps the same density in every block
-    sizes = [i2 - i1 for i1, i2 in blocks for _ in range(groups * rows)]
-    unit_counts = torch.tensor(split_counts(n_prune, sizes)).reshape(len(blocks), groups, rows)
+    if isinstance(n_prune, int):
+        sizes = [i2 - i1 for i1, i2 in blocks for _ in range(groups * rows)]
+        unit_counts = torch.tensor(split_counts(n_prune, sizes)).reshape(len(blocks), groups, rows)
+    else:
+        sizes = [i2 - i1 for i1, i2 in blocks for _ in range(rows)]
+        unit_counts = torch.stack(
+            [torch.tensor(split_counts(n, sizes)).reshape(len(blocks), rows) for n in n_prune], dim=1
+        )
     for b, (i1, i2) in enumerate(blocks):
         count = i2 - i1
         w1 = w[:, :, i1:i2].clone()

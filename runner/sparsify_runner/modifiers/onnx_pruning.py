@@ -41,6 +41,7 @@ from ..onnx_graph.capture import capture_waves, initializer_map, write_back_init
 from ..onnx_graph.layers import PrunableLayer, assign_roles_and_waves, find_layers
 from ..progress import layer_progress
 from ..report import LayerReport
+from .sensitivity import measure_damage, obs_damp
 
 METHODS = ("obs", "magnitude")
 ALLOCATIONS = ("erk", "sensitivity")
@@ -94,8 +95,9 @@ def prune_onnx(
 
     ``calibration``: samples mapping input names to arrays without the batch dimension
     (needed by ``obs`` and by ``allocation="sensitivity"``). ``allocation``: ``erk`` (shape
-    rule, :func:`allocation.allocate`) or ``sensitivity`` (measured per-layer damage on
-    ``sensitivity_samples`` calibration samples, :func:`allocation.allocate_by_damage`).
+    rule, :func:`allocation.allocate`) or ``sensitivity`` (the model's output damage with each
+    layer alone pruned by ``method``, measured on ``sensitivity_samples`` calibration samples,
+    :func:`sensitivity.measure_damage` and :func:`allocation.allocate_by_damage`).
     The input model is not modified.
     """
     _validate(target_sparsity, method, allocation)
@@ -114,14 +116,26 @@ def prune_onnx(
     plan = allocate(profiles, target, policy)
     sensitivity_s = None
     if allocation == "sensitivity" and target > 0 and calibration:
-        from .sensitivity import measure_damage
-
         probed = [ly for ly, a in zip(layers, plan.layers, strict=True) if a.n_prune > 0]
-        damage = measure_damage(out, probed, calibration[:sensitivity_samples])
+        probe = calibration[:sensitivity_samples]
+        # OBS Hessians from the other samples when there are enough, so the damage of an
+        # underdetermined layer (a classifier) is not measured on the samples it was fitted to
+        rest = calibration[sensitivity_samples:]
+        damage = measure_damage(
+            out,
+            probed,
+            probe,
+            method=method,
+            hessian_samples=rest if len(rest) >= len(probe) else calibration,
+            percdamp=percdamp,
+            adaptive_damp=adaptive_damp,
+            max_rows=max_rows,
+            threads=threads or 0,
+        )
         plan = allocate_by_damage(profiles, damage.curves, target, policy)
         sensitivity_s = damage.seconds
         notes.append(
-            f"sparsity allocated by measured sensitivity: {len(probed)} layers probed on "
+            f"sparsity allocated by measured sensitivity: {len(probed)} layers {method}-pruned alone on "
             f"{damage.samples} calibration samples in {damage.seconds:.0f} s"
         )
     notes.extend(plan.notes)
@@ -249,7 +263,7 @@ def _obs_pass(
             # fewer calibration rows than Hessian columns (a classifier sees one row per
             # sample): H is rank-deficient and OBS would fit the calibration set, not the
             # data; scale the dampening up with cols / rows to stay closer to magnitude.
-            damp = percdamp * max(1.0, ly.spec.cols / max(1, rows)) if adaptive_damp else percdamp
+            damp = obs_damp(percdamp, ly.spec.cols, rows, adaptive_damp)
             w_stored = numpy_helper.to_array(inits[ly.weight_name])
             w = torch.from_numpy(ly.to_matrix(w_stored))
             corrected = ""
