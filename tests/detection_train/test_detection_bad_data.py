@@ -103,3 +103,11 @@ def test_checkpoint_of_another_architecture(det_data, tmp_path, capsys):
         "training-aware", path, det_data.root, out, "--arch", "yolov8-pico", "--optim-level", "0.5"
     )
     _bad(args, out, capsys, "yolov8-pico", "check --arch")
+
+
+def test_val_split_without_boxes(untrained_checkpoint, data_copy, tmp_path, capsys):
+    for label in (data_copy / "labels" / "val").glob("*.txt"):
+        label.write_text("")
+    out = tmp_path / "out"
+    args = run_args("training-aware", untrained_checkpoint, data_copy, out, "--optim-level", "0.5")
+    _bad(args, out, capsys, "val split has no boxes", "mAP")

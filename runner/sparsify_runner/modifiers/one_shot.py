@@ -49,7 +49,7 @@ class OneShotState:
     """Held-out outputs already computed, by model file (each model is run once)."""
     detector: bool = False
     """An object detector: every output is kept (boxes and scores), fidelity compares boxes
-    after NMS, and INT8 keeps the decode after the last learned layer in FP32."""
+    after NMS, and INT8 keeps the prediction convs and the decode after them in FP32."""
 
     def holdout_outputs(self, path: Path, label: str) -> Any:
         """The held-out outputs of the model at ``path``, computed once: the first output per

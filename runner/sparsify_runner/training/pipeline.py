@@ -46,6 +46,11 @@ def inspect_data(ctx: RunContext):
                 "detection reads a YOLO or COCO folder, drop them"
             )
         splits = inspect_detection(ctx.data_path)
+        if not splits.counts()["val_boxes"]:
+            raise InputError(
+                f"data '{ctx.experiment.data}': the val split has no boxes, so mAP cannot be measured; "
+                "add labelled validation images"
+            )
         return splits, splits.classes, len(splits.train)
     saved = ctx.experiment.use_case != "image-classification" and is_saved_dataset(ctx.data_path)
     if options and not saved:

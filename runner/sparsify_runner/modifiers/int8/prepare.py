@@ -70,10 +70,12 @@ def structural_exclusions(model: onnx.ModelProto) -> list[str]:
 
 
 def decode_tail(model: onnx.ModelProto) -> list[str]:
-    """The nodes after a network's last learned layers: downstream of a weight layer with no
-    learned weight layer downstream of them (a detector's sigmoid, box decode and DFL; a
-    classifier's softmax). Quantizing them makes boxes collapse onto the INT8 grid (users see
-    detectors that "detect nothing" after INT8), and they cost little in FP32."""
+    """The last learned layers and every node after them: the nodes downstream of a weight
+    layer with no learned weight layer downstream of them (a detector's sigmoid, box decode and
+    DFL; a classifier's softmax), plus the learned layers that feed them (the prediction
+    convs, so their logits and box-bin logits leave them unquantized). Quantizing the decode
+    makes boxes collapse onto the INT8 grid (users see detectors that "detect nothing" after
+    INT8); the prediction convs are 1x1 convs with few outputs, cheap in FP32."""
     import numpy as np
 
     sizes = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
@@ -91,4 +93,12 @@ def decode_tail(model: onnx.ModelProto) -> list[str]:
     for n in reversed(model.graph.node):
         if n.name in learned or any(c.name in feeds for o in n.output for c in consumers.get(o, [])):
             feeds.add(n.name)
-    return [n.name for n in model.graph.node if n.name in after and n.name not in feeds]
+    tail = {n.name for n in model.graph.node if n.name in after and n.name not in feeds}
+    heads = {
+        p.name
+        for n in model.graph.node
+        if n.name in tail
+        for i in n.input
+        if (p := producer.get(i)) is not None and p.name in learned
+    }
+    return [n.name for n in model.graph.node if n.name in tail or n.name in heads]

@@ -104,7 +104,8 @@ def quantize_int8(
         tail = decode_tail(onnx.load(str(pre))) if detector else []
         if tail:
             notes.append(
-                f"INT8 kept the {len(tail)} node(s) after the last learned layer (the decode) in FP32"
+                f"INT8 kept the {len(tail)} node(s) from the last learned layers on (the prediction "
+                "convs and the decode) in FP32"
             )
         with bar("quantize: measure INT8 candidates", None, enabled=show_progress) as b:
             s = CandidateBuilder(
