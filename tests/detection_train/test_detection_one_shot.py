@@ -61,7 +61,7 @@ def _one_shot(model: Path, data: Path, out: Path, level: str, capsys, *extra: st
     return json.loads((out / "report.json").read_text())
 
 
-def test_decode_tail_is_everything_after_the_last_learned_convs(detector_onnx):
+def test_decode_tail_is_the_prediction_convs_and_everything_after(detector_onnx):
     from sparsify_runner.modifiers.int8.prepare import decode_tail
 
     model = onnx.load(str(detector_onnx))
