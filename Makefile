@@ -35,7 +35,7 @@ demo: venv
 	$(PY) examples/demo.py
 
 # Object detection, offline: builds a digits-on-photos YOLO dataset, trains a starting YOLOv8-style
-# detector, then training-aware at optim 0.5 (about 10 minutes on 2 cores).
+# detector, then training-aware at optim 0.5 (about 4 minutes on 2 cores).
 demo-detection: venv
 	$(PY) examples/demo_detection.py
 
