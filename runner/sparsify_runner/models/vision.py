@@ -77,7 +77,11 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def load_vision_model(path: Path, arch: str | None, num_classes: int) -> LoadedModel:
+def checkpoint_state(
+    path: Path, arch: str | None, arch_hint: str
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], str]:
+    """(checkpoint dict, state dict without DDP's ``module.`` prefix, architecture name: ``arch``
+    or the checkpoint's ``arch_key``); ``arch_hint`` names example architectures for the error."""
     ckpt = read_checkpoint(path)
     state = ckpt["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -85,9 +89,12 @@ def load_vision_model(path: Path, arch: str | None, num_classes: int) -> LoadedM
     state = {k.removeprefix("module."): v for k, v in state.items()}
     arch = arch or ckpt.get("arch_key")
     if not arch:
-        raise InputError(
-            f"model '{path}' is a bare state dict; pass --arch (a torchvision name such as resnet18)"
-        )
+        raise InputError(f"model '{path}' is a bare state dict; pass --arch ({arch_hint})")
+    return ckpt, state, arch
+
+
+def load_vision_model(path: Path, arch: str | None, num_classes: int) -> LoadedModel:
+    ckpt, state, arch = checkpoint_state(path, arch, "a torchvision name such as resnet18")
     probe = build_arch(arch, 1000 if arch not in EXTRA_ARCHS else 10)
     head_name, _ = _last_linear(probe)
     head_weight = state.get(f"{head_name}.weight")

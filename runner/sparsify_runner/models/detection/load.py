@@ -34,20 +34,12 @@ def load_detection_model(
 ) -> LoadedModel:
     """The detector for ``classes`` at a static input size: ``image_size`` (train-kwargs), else
     the checkpoint's, else the architecture's native size, else ``default_size`` (the data's)."""
-    from ..vision import read_checkpoint
+    from ..vision import checkpoint_state
     from . import build_detector, native_size
 
-    ckpt = read_checkpoint(path)
-    state = ckpt["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"model '{path}': 'state_dict' must map parameter names to tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    arch = arch or ckpt.get("arch_key")
-    if not arch:
-        raise InputError(
-            f"model '{path}' is a bare state dict; pass --arch (a detector name such as yolov8n or "
-            "ssdlite320_mobilenet_v3_large)"
-        )
+    ckpt, state, arch = checkpoint_state(
+        path, arch, "a detector name such as yolov8n or ssdlite320_mobilenet_v3_large"
+    )
     size = int(image_size or ckpt.get("image_size") or native_size(arch) or default_size)
     model = build_detector(arch, len(classes), size)
     if isinstance(ckpt.get("shapes"), dict):  # a structurally pruned result of a previous run
