@@ -3,29 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_detection_assets():
-    name = "detection_assets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "detection_assets.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
 def det_assets():
     """The examples/detection_assets.py module."""
-    return _load_detection_assets()
+    import detection_assets
+
+    return detection_assets
 
 
 @pytest.fixture(scope="session")

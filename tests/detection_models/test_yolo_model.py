@@ -4,10 +4,7 @@ synthetic MNIST-on-photos data of examples/detection_assets.py."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +19,6 @@ from sparsify_runner.models.detection.yolo import (
     task_aligned_assign,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 ANCHORS_64 = (64 // 8) ** 2 + (64 // 16) ** 2 + (64 // 32) ** 2  # 84
 
@@ -250,16 +246,6 @@ def test_class_head_keys_cover_class_dependent_shapes():
 # ------------------------------------------------------------------ slow: learns real boxes
 
 
-def _detection_assets():
-    name = "detection_assets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "detection_assets.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _flip(images: torch.Tensor, targets: list[dict], size: int) -> tuple[torch.Tensor, list[dict]]:
     """Mirror left-right; x1' = size - x2, x2' = size - x1."""
     mirror = torch.tensor([-1.0, 1.0, -1.0, 1.0]), torch.tensor([size, 0.0, size, 0.0])
@@ -277,7 +263,9 @@ def test_pico_learns_synthetic_digits(tmp_path):
     from sparsify_runner.detection import mean_average_precision, postprocess
 
     size, classes, steps, batch = 96, 3, 300, 8
-    _detection_assets().build_detection_dataset(
+    import detection_assets
+
+    detection_assets.build_detection_dataset(
         tmp_path, n_train=64, n_val=24, size=size, num_classes=classes, seed=1, digit_px=(19, 38)
     )
     splits = inspect_detection(tmp_path)

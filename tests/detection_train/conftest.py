@@ -4,31 +4,19 @@ it for a few seconds, both built once per session."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import detection_assets
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 96
-
-
-def _detection_assets():
-    name = "detection_assets"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / "detection_assets.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="session")
 def det_data(tmp_path_factory):
     """48 train / 16 val images of 96 px, 3 digit classes, YOLO and COCO layouts in one folder."""
     out = tmp_path_factory.mktemp("det_train_data")
-    return _detection_assets().build_detection_dataset(
+    return detection_assets.build_detection_dataset(
         out, n_train=48, n_val=16, size=IMAGE_SIZE, num_classes=3, fmt="both", seed=5, digit_px=(24, 44)
     )
 
@@ -38,4 +26,4 @@ def yolo_checkpoint(det_data, tmp_path_factory) -> Path:
     """yolov8-pico fine-tuned on ``det_data`` for a few seconds, saved as a run's model.pt
     would be (``state_dict``, ``arch_key``, ``image_size``, ``classes``)."""
     path = tmp_path_factory.mktemp("det_ckpt") / "yolo.pt"
-    return _detection_assets().train_base_detector(det_data.root, path, image_size=IMAGE_SIZE, steps=120)
+    return detection_assets.train_base_detector(det_data.root, path, image_size=IMAGE_SIZE, steps=120)

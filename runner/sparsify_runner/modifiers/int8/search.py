@@ -209,8 +209,8 @@ def search(
     k = 1
     history = [best.fidelity.cosine_similarity]
     limit = max(1, len(weight_nodes(model)) // 2)
-    while order and k <= min(limit, len(order)) and not over_time():
-        c = s.build(
+    def with_top_fp32(k: int) -> Candidate:
+        return s.build(
             f"int8-{tag}-fp32-top{k}",
             activation=act,
             reduce_range=rr,
@@ -218,6 +218,9 @@ def search(
             gptq=gptq,
             note="FP32 for the nodes adding the most quantization error",
         )
+
+    while order and k <= min(limit, len(order)) and not over_time():
+        c = with_top_fp32(k)
         if within_budget(c.fidelity, min_score):
             passing[k] = c
             break
@@ -236,14 +239,7 @@ def search(
         lo, hi = failing, min(passing)
         while hi - lo > 1 and not over_time():
             mid = (lo + hi) // 2
-            c = s.build(
-                f"int8-{tag}-fp32-top{mid}",
-                activation=act,
-                reduce_range=rr,
-                exclude=order[:mid],
-                gptq=gptq,
-                note="FP32 for the nodes adding the most quantization error",
-            )
+            c = with_top_fp32(mid)
             if within_budget(c.fidelity, min_score):
                 hi = mid
             else:
