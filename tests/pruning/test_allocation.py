@@ -73,3 +73,21 @@ def test_erk_weighting_prunes_wide_layers_more_than_narrow_ones() -> None:
     lam_ratio = plan.layers[3].sparsity / plan.layers[0].sparsity
     normal_ratio = as_normal.layers[3].sparsity / as_normal.layers[0].sparsity
     assert lam_ratio == pytest.approx(AllocationPolicy().classifier_factor * normal_ratio, rel=1e-2)
+
+
+def test_classifier_is_capped_below_normal_layers_and_the_budget_still_met() -> None:
+    """MobileNetV2's tail at its level-0.8 target: ERK alone would take the wide classifier
+    (one calibration row per sample, the weakest OBS compensation) to 0.9; the cap holds it
+    at 0.8 and the convs take the difference."""
+    layers = [
+        LayerProfile("project_960_to_320", 307_200, "normal", (320, 960, 1, 1)),
+        LayerProfile("expand_320_to_1280", 409_600, "normal", (1280, 320, 1, 1)),
+        LayerProfile("fc", 1_280_000, "classifier", (1000, 1280)),
+    ]
+    policy = AllocationPolicy()
+    uncapped = allocate(layers, 0.686, AllocationPolicy(classifier_cap=policy.normal_cap))
+    assert uncapped.layers[2].sparsity > policy.classifier_cap
+    plan = allocate(layers, 0.686)
+    assert plan.layers[2].sparsity == pytest.approx(policy.classifier_cap, abs=1e-4)
+    assert plan.layers[0].sparsity > uncapped.layers[0].sparsity
+    assert plan.planned == pytest.approx(0.686, abs=1e-4)
