@@ -77,7 +77,7 @@ def test_erk_weighting_prunes_wide_layers_more_than_narrow_ones() -> None:
 
 def test_classifier_is_capped_below_normal_layers_and_the_budget_still_met() -> None:
     """MobileNetV2's tail at its level-0.8 target: ERK alone would take the wide classifier
-    (one calibration row per sample, the weakest OBS compensation) to 0.9; the cap holds it
+    (one calibration row per sample, the weakest OBS compensation) above 0.8; the cap holds it
     at 0.8 and the convs take the difference."""
     layers = [
         LayerProfile("project_960_to_320", 307_200, "normal", (320, 960, 1, 1)),

@@ -252,7 +252,7 @@ def run(ctx: RunContext) -> Report:
         )
     if speedup is not None and speedup < 1.0 and mode != "baseline":
         notes.append(
-            f"the optimized model measured {speedup:.2f}x (slower) in the final benchmark; "
+            f"the optimized model measured {speedup:.3f}x (slower) in the final benchmark; "
             "timings on a busy machine vary, rerun sparsifyctl benchmark to confirm"
         )
     report = Report.of(
