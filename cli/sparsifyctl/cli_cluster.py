@@ -158,8 +158,6 @@ def generate_command(
     optim_levels: str | None = typer.Option(None, "--optim-levels", help="--sweep: levels, e.g. 0.2,0.8."),
     structures: str | None = typer.Option(None, "--structures", help="--sweep: unstructured,channels."),
     parallelism: int = typer.Option(2, "--parallelism", "--parallel", help="--sweep: children at once."),
-    objective: str = typer.Option("speedup", "--objective", help="--sweep: best by speedup or compression."),
-    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="--sweep: accuracy budget."),
     min_fidelity: float | None = typer.Option(None, "--min-fidelity", help="--sweep: fidelity floor."),
     source: str | None = typer.Option(None, "--from", help="serve: NAMESPACE/EXPERIMENT or s3://bucket/run."),
     service_account: str | None = typer.Option(
@@ -202,7 +200,7 @@ def generate_command(
 
         try:
             flags, sweep_fields = sweep_request(
-                flags or {}, optim_levels, structures, parallelism, objective, max_accuracy_drop, min_fidelity
+                flags or {}, optim_levels, structures, parallelism, min_fidelity
             )
         except InputError as err:
             _fail(str(err))

@@ -85,7 +85,7 @@ def _print_benchmark(results: list[tuple[str, Any]], scenario: str, json_out: bo
             "models": [{"model": p, **s.model_dump()} for p, s in results],
         }
         if len(results) == 2:
-            payload["speedup"] = round(results[1][1].mean_ms / results[0][1].mean_ms, 4)
+            payload["speedup"] = round(results[1][1].median_ms / results[0][1].median_ms, 4)
         typer.echo(json.dumps(payload, indent=2))
         return
     for path, s in results:
@@ -99,8 +99,8 @@ def _print_benchmark(results: list[tuple[str, Any]], scenario: str, json_out: bo
         typer.echo(f"  iterations: {s.iterations}")
     if len(results) == 2:
         a, b = results[0][1], results[1][1]
-        ratio = b.mean_ms / a.mean_ms if a.mean_ms else float("nan")
-        typer.echo(f"speedup of {results[0][0]} over {results[1][0]}: {ratio:.2f}x (mean latency)")
+        ratio = b.median_ms / a.median_ms if a.median_ms else float("nan")
+        typer.echo(f"speedup of {results[0][0]} over {results[1][0]}: {ratio:.2f}x (median latency)")
 
 
 @app.command("compare")

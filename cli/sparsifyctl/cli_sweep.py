@@ -26,6 +26,8 @@ def sweep_grid(
 
     if optim_levels is None:
         raise InputError("missing --optim-levels; pass the levels to try, e.g. --optim-levels 0.2,0.5,0.8")
+    # --max-accuracy-drop picks the sweep's best point; each point keeps its own level's budget
+    flags = {**flags, "max_accuracy_drop": None}
     levels = parse_levels(optim_levels)
     if structures is not None:
         chosen = parse_structures(structures, "--structures")
@@ -34,21 +36,26 @@ def sweep_grid(
     return levels, chosen, {**flags, "structure": chosen[0]}
 
 
-def sweep_objective(objective: str, max_accuracy_drop: float, min_fidelity: float | None):
+def sweep_objective(flags: dict[str, Any], min_fidelity: float | None):
+    """The sweep's best-point rule from the experiment's --objective (speed/speedup, size/compression)
+    and --max-accuracy-drop (default 0.01)."""
     from pydantic import ValidationError
     from sparsify_runner.errors import InputError
     from sparsify_runner.sweep import SweepObjective
 
+    objective = str(flags.get("objective") or "speed").strip().lower()
+    objective = {"speed": "speedup", "size": "compression"}.get(objective, objective)
+    drop = flags.get("max_accuracy_drop")
     try:
         return SweepObjective(
-            maximize=objective, max_accuracy_drop=max_accuracy_drop, min_fidelity=min_fidelity
+            maximize=objective, max_accuracy_drop=0.01 if drop is None else drop, min_fidelity=min_fidelity
         )
     except ValidationError as err:
         first = err.errors()[0]
         flag = {"maximize": "--objective", "max_accuracy_drop": "--max-accuracy-drop"}.get(
             str(first["loc"][0]), "--min-fidelity"
         )
-        hint = "speedup or compression" if flag == "--objective" else "a number from 0 to 1"
+        hint = "speed or size" if flag == "--objective" else "a number from 0 to 1"
         raise InputError(f"{flag}: {first['msg'].removeprefix('Value error, ')}; use {hint}") from None
 
 
@@ -56,8 +63,6 @@ _LEVELS = typer.Option(None, "--optim-levels", help="Comma-separated optim level
 _STRUCTURES = typer.Option(
     None, "--structures", help="unstructured, channels or both (comma-separated; default: --structure)."
 )
-_OBJECTIVE = typer.Option("speedup", "--objective", help="Best point: speedup or compression.")
-_DROP = typer.Option(0.01, "--max-accuracy-drop", help="Accuracy budget (absolute, 0.01 = 1 point).")
 _FIDELITY = typer.Option(None, "--min-fidelity", help="Also require this fidelity to the baseline.")
 
 
@@ -68,8 +73,6 @@ def sweep_command(
     optim_levels: str | None = _LEVELS,
     structures: str | None = _STRUCTURES,
     parallel: int = typer.Option(1, "--parallel", help="Points run at once (worker processes)."),
-    objective: str = _OBJECTIVE,
-    max_accuracy_drop: float = _DROP,
     min_fidelity: float | None = _FIDELITY,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
     flags: dict[str, Any] | None = None,
@@ -85,8 +88,8 @@ def sweep_command(
     try:
         if parallel < 1:
             raise InputError(f"--parallel must be at least 1, got {parallel}")
+        goal = sweep_objective(flags or {}, min_fidelity)
         levels, chosen, base_flags = sweep_grid(flags or {}, optim_levels, structures)
-        goal = sweep_objective(objective, max_accuracy_drop, min_fidelity)
         base = build_experiment(experiment_type, **base_flags)
 
         def progress(point) -> None:
@@ -136,8 +139,6 @@ def sweep_request(
     optim_levels: str | None,
     structures: str | None,
     parallelism: int,
-    objective: str,
-    max_accuracy_drop: float,
     min_fidelity: float | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(experiment flags with one structure, the sweep's spec fields beside ``template``).
@@ -146,8 +147,8 @@ def sweep_request(
 
     if parallelism < 1:
         raise InputError(f"--parallelism must be at least 1, got {parallelism}")
+    goal = sweep_objective(flags, min_fidelity)
     levels, chosen, base_flags = sweep_grid(flags, optim_levels, structures)
-    goal = sweep_objective(objective, max_accuracy_drop, min_fidelity)
     fields = {
         "optimLevels": levels,
         "structures": chosen,

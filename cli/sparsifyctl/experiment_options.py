@@ -31,7 +31,14 @@ EXPERIMENT_PARAMS: dict[str, Any] = {
     )),
     "data": (str | None, _O(None, "--data", help="Dataset folder or URI.")),
     "optim_level": (float, _O(
-        0.5, "--optim-level", help="0..1: 0 baseline, <0.3 INT8, >=0.3 INT8 + sparsity (50 means 0.5)."
+        0.5, "--optim-level", help="0..1 trade-off: accuracy budget (1 point at 0.5) and search space; "
+        "0 baseline, <0.3 INT8 only, >=0.3 INT8 + pruning (50 means 0.5)."
+    )),
+    "objective": (str, _O(
+        "speed", "--objective", help="speed (fastest within the budget) or size (smallest, not slower)."
+    )),
+    "max_accuracy_drop": (float | None, _O(
+        None, "--max-accuracy-drop", help="Budget vs the baseline (0.01 = 1 point); overrides the level's."
     )),
     "teacher": (str | None, _O(None, "--teacher", help="Distillation teacher (default: the dense model).")),
     "recipe": (str | None, _O(None, "--recipe", help="Recipe YAML overriding the optim-level recipe.")),
@@ -109,6 +116,8 @@ def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
         "arch": flags["arch"],
         "data": flags["data"],
         "optim_level": flags["optim_level"],
+        "objective": flags["objective"],
+        "max_accuracy_drop": flags["max_accuracy_drop"],
         "teacher": flags["teacher"],
         "recipe": flags["recipe"],
         "recipe_args": _json_flag("--recipe-args", flags["recipe_args"]),

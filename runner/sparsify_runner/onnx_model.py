@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,34 @@ def model_inputs(model: onnx.ModelProto, path: Path | str = "model") -> list[Inp
     return specs
 
 
+# Nodes of a model that is already quantized (QDQ, QOperator, integer and 4-bit weight ops).
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "MatMulNBits",
+    }
+)
+
+
+def check_not_quantized(model: onnx.ModelProto, path: Path | str) -> None:
+    """One-shot starts from the FP32 model: pruning and INT8 calibration of a quantized graph
+    fail deep inside, so say so up front (``QLinear*`` covers the contrib ops, QLinearAdd ...)."""
+    counts = Counter(
+        n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS or n.op_type.startswith("QLinear")
+    )
+    if counts:
+        found = ", ".join(f"{n} {op} node{'s' if n > 1 else ''}" for op, n in counts.most_common())
+        raise InputError(f"--model '{path}' is already quantized ({found}); pass the FP32 model it came from")
+
+
 def load_static_model(path: Path) -> tuple[onnx.ModelProto, list[InputSpec]]:
-    """Load + validate a one-shot input model: ONNX, checkable, static input shapes."""
+    """Load + validate a one-shot input model: ONNX, checkable, not quantized, static input shapes."""
     model = load_onnx(path)
+    check_not_quantized(model, path)
     return model, model_inputs(model, path)

@@ -33,6 +33,56 @@ class LatencyStats(BaseModel):
     )
 
 
+SpeedVerdict = Literal["identical model", "faster", "slower", "same within noise"]
+MIN_SPEED_CHANGE = 0.02
+"""A ratio within 2% of 1.0 is never called faster or slower, whatever its interval."""
+
+
+class SpeedComparison(BaseModel):
+    """Baseline vs optimized latency, by medians of alternating runs in one process."""
+
+    ratio: float = Field(description="baseline median latency / optimized median latency")
+    low: float = Field(description="5th percentile of the ratio over bootstrap resamples")
+    high: float = Field(description="95th percentile of the ratio over bootstrap resamples")
+    verdict: SpeedVerdict
+
+    def words(self) -> str:
+        """One wording everywhere: 'N.NNx faster', 'N.NNx slower' (always as baseline/optimized
+        inverted), 'same speed (within noise)', 'unchanged (identical model)'."""
+        if self.verdict == "identical model":
+            return "unchanged (identical model)"
+        if self.verdict == "faster":
+            return f"{self.ratio:.2f}x faster"
+        if self.verdict == "slower":
+            return f"{1 / self.ratio:.2f}x slower"
+        return f"same speed within noise ({self.ratio:.2f}x, 90% {self.low:.2f}-{self.high:.2f})"
+
+
+def compare_speed(
+    baseline: LatencyStats, optimized: LatencyStats, *, identical: bool = False
+) -> SpeedComparison:
+    """Median ratio with a bootstrap interval (fixed seed); an identical model is 1.00 exactly."""
+    import numpy as np
+
+    if identical:
+        return SpeedComparison(ratio=1.0, low=1.0, high=1.0, verdict="identical model")
+    ratio = baseline.median_ms / optimized.median_ms if optimized.median_ms > 0 else 1.0
+    b = np.asarray(baseline.samples_ms or [baseline.median_ms])
+    o = np.asarray(optimized.samples_ms or [optimized.median_ms])
+    rng = np.random.default_rng(0)
+    boot = [
+        np.median(rng.choice(b, len(b))) / max(np.median(rng.choice(o, len(o))), 1e-12) for _ in range(400)
+    ]
+    low, high = float(np.percentile(boot, 5)), float(np.percentile(boot, 95))
+    if low > 1.0 and ratio >= 1.0 + MIN_SPEED_CHANGE:
+        verdict: SpeedVerdict = "faster"
+    elif high < 1.0 and ratio <= 1.0 - MIN_SPEED_CHANGE:
+        verdict = "slower"
+    else:
+        verdict = "same within noise"
+    return SpeedComparison(ratio=round(ratio, 4), low=round(low, 4), high=round(high, 4), verdict=verdict)
+
+
 class ModelStats(BaseModel):
     """One model (baseline or optimized) measured the same way."""
 
@@ -119,6 +169,18 @@ class CandidateRecord(BaseModel):
     """Mean cosine similarity of the outputs to the reference's."""
     accuracy: float | None = None
     note: str | None = None
+    stage: str | None = Field(None, description="pruning, int8 or pruning+int8 (the outcome search)")
+    accuracy_drop: float | None = Field(
+        None, description="drop of the budget's metric against the baseline on the tuning split"
+    )
+    accuracy_drop_interval: list[float] | None = None
+    accept_drop: float | None = Field(None, description="the same on the acceptance split (finalists)")
+    size_bytes: int | None = None
+    compressed_size_bytes: int | None = None
+    macs_fraction: float | None = None
+    sparsity: float | None = None
+    within_budget: bool | None = None
+    pareto: bool | None = Field(None, description="on the front of accuracy drop vs speed (or size)")
 
 
 class Report(BaseModel):
@@ -130,7 +192,13 @@ class Report(BaseModel):
     baseline: ModelStats
     optimized: ModelStats
     fidelity: Fidelity | None = None
-    speedup: float | None = Field(None, description="baseline mean latency / optimized mean latency")
+    speedup: float | None = Field(None, description="baseline median latency / optimized median latency")
+    speed: SpeedComparison | None = Field(
+        None, description="the speedup with its interval and verdict (faster, slower, within noise)"
+    )
+    policy: dict[str, Any] | None = Field(
+        None, description="what the optim level bought: budget, objective, search space, the choice"
+    )
     size_ratio: float | None = Field(None, description="optimized / baseline file size (below 1: smaller)")
     compressed_size_ratio: float | None = Field(None, description="optimized / baseline gzip size")
     layers: list[LayerReport] = Field(default_factory=list)
@@ -142,13 +210,19 @@ class Report(BaseModel):
     artifacts: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
-    def of(cls, *, baseline: ModelStats, optimized: ModelStats, **fields: Any) -> Report:
+    def of(
+        cls, *, baseline: ModelStats, optimized: ModelStats, identical: bool = False, **fields: Any
+    ) -> Report:
         """A report with its derived numbers (speedup, size ratios) computed here, the same way
-        for every pathway."""
+        for every pathway. ``identical``: the optimized file is the baseline's bytes (1.00x)."""
+        speed = None
+        if baseline.latency and optimized.latency and optimized.latency.median_ms > 0:
+            speed = compare_speed(baseline.latency, optimized.latency, identical=identical)
         return cls(
             baseline=baseline,
             optimized=optimized,
-            speedup=measured_speedup(baseline, optimized),
+            speedup=speed.ratio if speed else None,
+            speed=speed,
             size_ratio=round(optimized.file_size_bytes / max(1, baseline.file_size_bytes), 4),
             compressed_size_ratio=round(
                 optimized.compressed_size_bytes / max(1, baseline.compressed_size_bytes), 4
@@ -170,8 +244,8 @@ class Report(BaseModel):
                 if self.fidelity and self.fidelity.top1_agreement is not None
                 else (self.fidelity.cosine_similarity if self.fidelity else None)
             ),
-            baseline_latency_ms=self.baseline.latency.mean_ms if self.baseline.latency else None,
-            optimized_latency_ms=self.optimized.latency.mean_ms if self.optimized.latency else None,
+            baseline_latency_ms=self.baseline.latency.median_ms if self.baseline.latency else None,
+            optimized_latency_ms=self.optimized.latency.median_ms if self.optimized.latency else None,
             baseline_size_bytes=self.baseline.file_size_bytes,
             optimized_size_bytes=self.optimized.file_size_bytes,
             sparsity=self.optimized.sparsity,
@@ -180,7 +254,7 @@ class Report(BaseModel):
 
 
 def measured_speedup(baseline: ModelStats, optimized: ModelStats) -> float | None:
-    """Baseline mean latency / optimized mean latency (4 decimals); None without both timings."""
-    if not baseline.latency or not optimized.latency or optimized.latency.mean_ms <= 0:
+    """Baseline median latency / optimized median latency (4 decimals); None without both."""
+    if not baseline.latency or not optimized.latency or optimized.latency.median_ms <= 0:
         return None
-    return round(baseline.latency.mean_ms / optimized.latency.mean_ms, 4)
+    return round(baseline.latency.median_ms / optimized.latency.median_ms, 4)

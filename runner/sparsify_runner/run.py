@@ -25,7 +25,7 @@ from pathlib import Path
 from . import model_repository, storage
 from .context import RunContext
 from .contract import RunSummary, write_termination_log
-from .errors import EXIT_INTERNAL, EXIT_TERMINATED, SparsifyError, Terminated
+from .errors import EXIT_INTERNAL, EXIT_TERMINATED, InputError, SparsifyError, Terminated
 from .report import Report
 from .report_html import render_report_html
 from .spec import Experiment, uri_scheme
@@ -37,6 +37,22 @@ log = logging.getLogger("sparsify.runner")
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
 HTML_REPORT_FILE = "report.html"
+# What a run writes at the top of a local output folder: the pathway's files (model.onnx; the
+# training pathways add model.pt or model-hf.tar and examples/), the serving layout, the
+# reports, the completion marker, and the folders that publish and checkpoints work in.
+PUBLISHED_NAMES = (
+    MODEL_FILE,
+    "model.pt",
+    "model-hf.tar",
+    "examples",
+    model_repository.REPOSITORY_DIR,
+    REPORT_FILE,
+    HTML_REPORT_FILE,
+    storage.MARKER_FILE,
+    storage.STAGING_DIRNAME,
+    storage.CHECKPOINT_DIRNAME,
+)
+INPUT_FIELDS = ("model", "teacher", "data", "recipe", "catalog")  # each given with --<field>
 
 
 def experiment_fingerprint(exp: Experiment) -> str:
@@ -76,6 +92,37 @@ def _fetch_inputs(exp: Experiment, show_progress: bool) -> dict[str, Path | None
     }
 
 
+def check_inputs_kept(exp: Experiment) -> None:
+    """InputError (one line, before any work) when publishing to a local output would write
+    into an input folder (``--output`` is or is inside ``--data``) or over an input file
+    (``--model ./model.onnx`` with the default ``--output .``). Real paths are compared, so
+    relative paths and symlinks cannot hide the overlap."""
+    if uri_scheme(exp.output) != "file":
+        return
+    root = Path(os.path.realpath(storage.local_path(exp.output)))
+    inputs = []
+    for field in INPUT_FIELDS:
+        uri = getattr(exp, field)
+        given = storage.local_path(uri) if uri and uri_scheme(uri) == "file" else None
+        if given is not None and given.exists():
+            inputs.append((f"--{field}", uri, given, Path(os.path.realpath(given))))
+    for flag, uri, given, real in inputs:
+        if real.is_dir() and root.is_relative_to(real):
+            other = os.path.normpath(os.path.join(given, os.pardir, "sparsify-output"))
+            raise InputError(
+                f"--output '{exp.output}' would write into the {flag} folder '{uri}'; "
+                f"pass --output to a folder outside it, e.g. --output {other}"
+            )
+    for flag, uri, _given, real in inputs:
+        for name in PUBLISHED_NAMES:
+            if real.is_relative_to(os.path.realpath(root / name)):
+                other = os.path.normpath(os.path.join(storage.local_path(exp.output), "sparsify-output"))
+                raise InputError(
+                    f"--output '{exp.output}' would overwrite the {flag} input '{uri}'; "
+                    f"pass --output to a new folder, e.g. --output {other}"
+                )
+
+
 def _existing_result(output: storage.OutputLocation, fingerprint: str) -> Report | None:
     if output.completed(fingerprint) is None:
         return None
@@ -110,6 +157,7 @@ def run_experiment(
             telemetry.stage("fetch")
             output = storage.OutputLocation(exp.output)
             output.check()
+            check_inputs_kept(exp)
             fingerprint = experiment_fingerprint(exp)
             if _reuse_enabled(exp):
                 existing = _existing_result(output, fingerprint)

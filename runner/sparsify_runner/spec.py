@@ -111,6 +111,13 @@ class _Model(BaseModel):
     )
 
 
+class Objective(str, Enum):  # noqa: UP042 (as ExperimentType)
+    """What an optim level buys within its accuracy budget: the fastest model, or the smallest."""
+
+    speed = "speed"
+    size = "size"
+
+
 class DeployTarget(_Model):
     """Where the optimized model will run: the export format and the benchmark follow it."""
 
@@ -145,8 +152,21 @@ class Experiment(_Model):
         0.5,
         ge=0.0,
         le=100.0,
-        description="0..1: 0 = baseline, <0.3 = INT8 only, >=0.3 = INT8 + sparsity; an integer in "
+        description="0..1, the trade-off: sets the accuracy budget against the baseline (1 point at 0.5) "
+        "and the search space (0 = baseline, <0.3 = INT8 only, >=0.3 = INT8 + pruning); an integer in "
         "(1, 100] is a percentage (50 -> 0.5), as the original accepted.",
+    )
+    objective: Objective = Field(
+        Objective.speed,
+        description="speed: ship the fastest candidate within the accuracy budget on the deployment "
+        "target; size: the smallest (compressed) one, never slower than the baseline.",
+    )
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Accuracy budget for the whole result against the baseline (0.01 = 1 point of "
+        "the headline metric); overrides the optim level's budget.",
     )
     teacher: str | None = Field(None, description="Distillation teacher URI (default: the dense model).")
     recipe: str | None = Field(None, description="Recipe YAML URI overriding the optim-level recipe.")
@@ -202,6 +222,15 @@ class Experiment(_Model):
         raise ValueError(
             f"must be in [0, 1] (or an integer percentage in (1, 100], e.g. 50 = 0.5), got {value}"
         )
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective(cls, value: Any) -> Any:
+        """The sweep's words (speedup, compression) name the same objectives."""
+        if isinstance(value, str):
+            key = value.strip().lower()
+            return {"speedup": "speed", "compression": "size"}.get(key, key)
+        return value
 
     @field_validator("eval_metric", mode="before")
     @classmethod

@@ -17,7 +17,7 @@ def _pct(x: float | None) -> str:
 
 
 def _ms(lat) -> str:
-    return "-" if lat is None else f"{lat.mean_ms:.2f} ms (p90 {lat.p90_ms:.2f})"
+    return "-" if lat is None else f"{lat.median_ms:.2f} ms (p90 {lat.p90_ms:.2f})"
 
 
 def _tput(lat) -> str:
@@ -28,11 +28,12 @@ def _count(n: int | None) -> str:
     return "-" if n is None else f"{n:,}"
 
 
-def _ratio(a: float | int | None, b: float | int | None, invert: bool = False) -> str:
-    if not a or not b:
+def _size_change(before: int | None, after: int | None) -> str:
+    if not before or not after:
         return ""
-    r = (a / b) if invert else (b / a)
-    return f"{r:.2f}x"
+    if abs(after - before) / before < 0.005:
+        return "same size"
+    return f"{before / after:.2f}x smaller" if after < before else f"{after / before:.2f}x larger"
 
 
 MAP_ROWS = (("mAP@0.5:0.95 (val)", "map"), ("mAP@0.5 (val)", "map50"))
@@ -66,23 +67,23 @@ def summary_table(report: Report) -> Table:
             table.add_row(f"top-1 agreement ({f.samples} held-out)", "100.00%", _pct(f.top1_agreement), "")
         table.add_row("output cosine similarity", "1.0000", f"{f.cosine_similarity:.4f}", "")
     table.add_row(
-        "latency mean",
+        "latency median",
         _ms(b.latency),
         _ms(o.latency),
-        f"{report.speedup:.2f}x faster" if report.speedup else "",
+        report.speed.words() if report.speed else "",
     )
     table.add_row("throughput", _tput(b.latency), _tput(o.latency), "")
     table.add_row(
         "file size",
         _mb(b.file_size_bytes),
         _mb(o.file_size_bytes),
-        _ratio(o.file_size_bytes, b.file_size_bytes) + " smaller" if o.file_size_bytes else "",
+        _size_change(b.file_size_bytes, o.file_size_bytes),
     )
     table.add_row(
         "gzip size",
         _mb(b.compressed_size_bytes),
         _mb(o.compressed_size_bytes),
-        _ratio(o.compressed_size_bytes, b.compressed_size_bytes) + " smaller",
+        _size_change(b.compressed_size_bytes, o.compressed_size_bytes),
     )
     table.add_row("parameters", _count(b.parameters), _count(o.parameters), "")
     table.add_row("sparsity", _pct(b.sparsity), _pct(o.sparsity), "")
@@ -91,15 +92,36 @@ def summary_table(report: Report) -> Table:
     return table
 
 
+def front_table(front) -> Table:
+    """The Pareto front the search saw: accuracy drop vs speed (and size)."""
+    table = Table(title="Pareto front (accuracy drop vs speed / size)", title_justify="left")
+    for col in ("candidate", "drop (pt)", "speedup", "gzip size"):
+        table.add_column(col, justify="left" if col == "candidate" else "right")
+    for c in sorted(front, key=lambda c: -(c.speedup or 0)):
+        table.add_row(
+            c.name + (" (chosen)" if c.chosen else ""),
+            "-" if c.accuracy_drop is None else f"{c.accuracy_drop * 100:+.2f}",
+            "-" if c.speedup is None else f"{c.speedup:.2f}x",
+            _mb(c.compressed_size_bytes),
+        )
+    return table
+
+
 def print_summary(report: Report, console: Console | None = None) -> None:
     """Before/after table, the chosen INT8 candidate, where the speedup came from, notes."""
     console = console or Console(stderr=False)
     console.print(summary_table(report))
     chosen = [c for c in report.candidates if c.chosen]
+    if report.policy:
+        console.print(f"Policy: {report.policy['description']}")
     if report.candidates:
         tried = len(report.candidates)
-        name = chosen[0].name if chosen else "none"
-        console.print(f"INT8: measured {tried} candidate(s), chose [bold]{name}[/bold]")
+        name = chosen[0].name if chosen else "the baseline"
+        what = "candidate(s)" if report.policy else "INT8 candidate(s)"
+        console.print(f"Searched {tried} {what}, chose [bold]{name}[/bold]")
+        front = [c for c in report.candidates if c.pareto]
+        if front:
+            console.print(front_table(front))
     if report.speedup_source:
         console.print(f"Where the speedup came from: {report.speedup_source}")
     for note in report.notes:

@@ -1,6 +1,6 @@
 """In-process unit tests of the one-shot modifiers on a tiny ONNX convnet: each moves
 ``OneShotState.current`` forward (or, when it declines, leaves it) and reports through a
-``ModifierResult``; ``plan`` turns the recipe and the level into the list that runs."""
+``ModifierResult``; the INT8 search takes the outcome search's judge."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import onnx
 import pytest
 from oneshot.conftest import export
 from sparsify_runner.evaluate import run_onnx
-from sparsify_runner.modifiers.one_shot import (
-    ChannelPruning,
-    Int8Search,
-    OneShotState,
-    UnstructuredPruning,
-    plan,
-)
+from sparsify_runner.modifiers.one_shot import ChannelPruning, OneShotState, UnstructuredPruning
 from sparsify_runner.recipes import load_recipe
-from sparsify_runner.recipes.schema import ChannelPruningConfig, Int8SearchConfig, UnstructuredPruningConfig
+from sparsify_runner.recipes.schema import ChannelPruningConfig, UnstructuredPruningConfig
 from sparsify_runner.spec import Experiment
 from structured_oneshot.conftest import _tiny_net  # the convnet the channel tests use
 
@@ -56,7 +50,7 @@ def test_unstructured_pruning_moves_the_state_to_the_pruned_model(convnet, tmp_p
     modifier = UnstructuredPruning(0.5, method="obs", config=config)
     modifier.initialize(state)
     result = modifier.finalize(state)
-    assert state.current == tmp_path / "pruned.onnx" and state.current.is_file()
+    assert state.current == tmp_path / "pruned-unstructured-0.5.onnx" and state.current.is_file()
     assert result.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.05)
     assert 0.0 < result.info["pruned_fidelity"] <= 1.0
     assert result.layers and "prune" in result.timings_s
@@ -83,30 +77,19 @@ def test_channel_pruning_declines_below_its_fidelity_floor_and_applies_above(con
     assert np.asarray(run_onnx(state.current, state.holdout)[0]).reshape(-1).shape == (10,)
 
 
-def test_int8_search_reports_candidates_and_keeps_the_input_when_nothing_qualifies(convnet, tmp_path):
+def test_int8_search_judged_against_the_baseline_uses_the_judge_not_its_own_fidelity(convnet, tmp_path):
+    """With the outcome search's judge, a candidate passes by its drop against the baseline:
+    a zero budget on a model whose INT8 changes its outputs leaves nothing to choose."""
+    from sparsify_runner.modifiers.int8 import quantize_int8
+    from sparsify_runner.outcome.judge import Judge
+
     state = _state(convnet, tmp_path)
-    config = _recipe(max_int8_fidelity_loss=0.0, int8_candidate_seconds=0.05, int8_search_seconds=5).config(
-        Int8SearchConfig
-    )
-    result = Int8Search(quant_format="qdq", config=config).finalize(state)
-    assert result.candidates and "quantize" in result.timings_s
-    if result.info["int8_applied"]:
-        assert state.current == tmp_path / "int8.onnx"
-        kinds = {n.op_type for n in onnx.load(str(state.current)).graph.node}
-        assert "QuantizeLinear" in kinds
-    else:  # the FP32 model stays current: its held-out outputs are not computed again
-        assert state.current == convnet and result.info["int8"]["chosen"] == "fp32"
-
-
-@pytest.mark.parametrize(
-    ("target", "channels", "int8", "expected"),
-    [
-        (0.0, False, False, []),
-        (0.0, False, True, ["Int8Search"]),
-        (0.5, False, True, ["UnstructuredPruning", "Int8Search"]),
-        (0.4, True, False, ["ChannelPruning"]),
-    ],
-)
-def test_plan_lists_the_modifiers_in_order(target, channels, int8, expected):
-    modifiers = plan(_recipe(), target=target, channels=channels, method="obs", int8=int8, quant_format="qdq")
-    assert [type(m).__name__ for m in modifiers] == expected
+    judge = Judge(state.baseline_outputs, budget=1.0)
+    q = quantize_int8(
+        convnet, state.calibration, tmp_path / "int8.onnx", holdout=state.holdout,
+        bench_seconds=0.05, time_budget_s=5, judge=judge,
+    )  # fmt: skip
+    rows = [c for c in q.candidates if c.name != "fp32"]
+    assert rows and all(c.within_budget is True and c.accuracy_drop is not None for c in rows)
+    if q.quantized:
+        assert q.assessment is not None and q.assessment.metric == "estimated accuracy"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FAST = json.dumps({"benchmark_seconds": 0.2, "int8_candidate_seconds": 0.1})
+FAST = json.dumps({"benchmark_seconds": 0.2, "int8_candidate_seconds": 0.1, "candidate_seconds": 0.2})
 
 
 def _tiny_cnn(seed: int = 0):

@@ -3,12 +3,12 @@
 Each acts on a ``OneShotState`` (the current model file, calibration and held-out samples,
 the baseline's held-out outputs) and does its work in ``finalize``: it writes its output
 model into the state's build folder, moves ``state.current`` to it, and returns notes,
-per-layer records, candidates and the numbers the report shows. The one-shot pathway runs
-the list ``plan`` builds from the typed recipe and the optim level, in order.
+per-layer records and the numbers the report shows. The outcome search
+(``outcome/search.py``) builds one per pruning candidate; INT8 is its own search
+(``modifiers/int8``), called by the outcome search on the candidates worth quantizing.
 
 The numerical kernels live in their own modules (``onnx_pruning`` / ``obs`` for OBS and
-magnitude pruning, ``channel_selection`` for structured OBS, ``int8`` for the INT8
-search with its equalization and GPTQ candidates); these classes only adapt them.
+magnitude pruning, ``channel_selection`` for structured OBS); these classes only adapt them.
 """
 
 from __future__ import annotations
@@ -20,12 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..recipes.schema import (
-    ChannelPruningConfig,
-    Int8SearchConfig,
-    OneShotRecipe,
-    UnstructuredPruningConfig,
-)
+from ..recipes.schema import ChannelPruningConfig, UnstructuredPruningConfig
 from .base import Modifier, ModifierResult
 
 Sample = dict[str, np.ndarray]
@@ -54,14 +49,9 @@ class OneShotState:
     def holdout_outputs(self, path: Path, label: str) -> Any:
         """The held-out outputs of the model at ``path``, computed once: the first output per
         sample, or for a detector every output (name -> array over the samples)."""
-        from ..evaluate import run_onnx, run_onnx_outputs
-
         if path not in self.outputs:
-            if self.detector:
-                self.outputs[path] = run_onnx_outputs(path, self.holdout)
-            else:
-                show = f"evaluate {label}" if self.show_progress else None
-                self.outputs[path] = run_onnx(path, self.holdout, progress=show)
+            show = f"evaluate {label}" if self.show_progress else None
+            self.outputs[path] = outputs_on(path, self.holdout, self.detector, show)
         return self.outputs[path]
 
     def fidelity(self, path: Path, label: str):
@@ -88,6 +78,16 @@ class OneShotState:
     def evaluation(self, name: str, value: float) -> None:
         if self.telemetry is not None:
             self.telemetry.evaluation(name, value)
+
+
+def outputs_on(path: Path, samples: list[Sample], detector: bool, progress: str | None = None) -> Any:
+    """A model's outputs on samples in the form fidelity and judges compare: the first output
+    per sample, or for a detector every output (name -> array over the samples)."""
+    from ..evaluate import run_onnx, run_onnx_outputs
+
+    if detector:
+        return run_onnx_outputs(path, samples)
+    return run_onnx(path, samples, progress=progress)
 
 
 def _save(model: Any, path: Path) -> Path:
@@ -117,7 +117,7 @@ class UnstructuredPruning(Modifier):
             allocation=self.config.pruning_allocation,
             sensitivity_samples=self.config.sensitivity_samples,
         )
-        state.current = _save(result.model, state.build / "pruned.onnx")
+        state.current = _save(result.model, state.build / f"pruned-unstructured-{self.sparsity:g}.onnx")
         seconds = round(time.perf_counter() - start, 3)
         state.evaluation("sparsity", result.achieved_sparsity)
         pruned = state.fidelity_to_baseline(state.current, "pruned")
@@ -153,7 +153,7 @@ class ChannelPruning(Modifier):
             max_fraction=self.config.max_channels_removed,
             show_progress=state.show_progress,
         )
-        pruned_path = _save(cres.model, state.build / "pruned.onnx")
+        pruned_path = _save(cres.model, state.build / f"pruned-channels-{self.macs_reduction:g}.onnx")
         seconds = round(time.perf_counter() - start, 3)
         channels = {
             "removed": cres.channels_removed,
@@ -186,59 +186,3 @@ class ChannelPruning(Modifier):
         return ModifierResult(
             notes=list(cres.notes), layers=list(cres.layers), timings_s={"prune": seconds}, info=info
         )
-
-
-class Int8Search(Modifier):
-    """Static INT8 chosen by measurement: candidates (per-tensor / per-channel, reduce_range,
-    channel equalization, GPTQ rounding, FP32 fallbacks for sensitive nodes) are timed and
-    checked for fidelity on held-out samples; the fastest faithful one wins, else FP32."""
-
-    def __init__(self, *, quant_format: str, config: Int8SearchConfig) -> None:
-        self.quant_format, self.config = quant_format, config
-
-    def finalize(self, state: OneShotState) -> ModifierResult:
-        from .int8 import quantize_int8
-
-        state.stage("quantize")
-        start = time.perf_counter()
-        q = quantize_int8(
-            state.current,
-            state.calibration,
-            state.build / "int8.onnx",
-            holdout=state.holdout,
-            quant_format=self.quant_format,
-            max_fidelity_loss=self.config.max_int8_fidelity_loss,
-            show_progress=state.show_progress,
-            bench_seconds=self.config.int8_candidate_seconds,
-            time_budget_s=self.config.int8_search_seconds,
-            equalize=self.config.int8_equalization,
-            detector=state.detector,
-        )
-        if q.quantized:  # else q.path is a copy of the input: keep the input (and its outputs)
-            state.current = q.path
-        return ModifierResult(
-            notes=list(q.notes),
-            candidates=list(q.candidates),
-            timings_s={"quantize": round(time.perf_counter() - start, 3)},
-            info={
-                "int8": {"chosen": q.chosen, "fp32_nodes": q.fp32_nodes, **q.settings},
-                "int8_applied": q.quantized,
-            },
-        )
-
-
-def plan(
-    recipe: OneShotRecipe, *, target: float, channels: bool, method: str, int8: bool, quant_format: str
-) -> list[Modifier]:
-    """The one-shot recipe as modifiers, in the order they run (pruning if any, then INT8),
-    each given its own part of the recipe."""
-    modifiers: list[Modifier] = []
-    if target > 0 and channels:
-        modifiers.append(ChannelPruning(target, config=recipe.config(ChannelPruningConfig)))
-    elif target > 0:
-        modifiers.append(
-            UnstructuredPruning(target, method=method, config=recipe.config(UnstructuredPruningConfig))
-        )
-    if int8:
-        modifiers.append(Int8Search(quant_format=quant_format, config=recipe.config(Int8SearchConfig)))
-    return modifiers

@@ -1,9 +1,11 @@
-"""One-shot pathway: an ONNX model + .npz calibration samples -> pruned and/or INT8 model.onnx.
+"""One-shot pathway: an ONNX model + .npz samples -> the fastest (or smallest) model.onnx within
+the optim level's accuracy budget.
 
-validate everything (recipe, model, samples) before any work -> baseline outputs on the
-held-out samples -> the recipe's modifiers (``modifiers.one_shot.plan``: pruning at optim
-level >= 0.3, INT8 chosen by measurement at level > 0) -> evaluate on held-out samples ->
-benchmark baseline vs optimized -> Report.
+validate everything (recipe, policy, model, samples) before any work -> split the samples
+(calibration / tuning / acceptance) -> baseline outputs -> the outcome search
+(``outcome/search.py``: pruning and INT8 candidates measured against the baseline, one
+chosen) -> write model.onnx -> evaluate on every held-out sample -> benchmark baseline vs
+shipped (medians, alternating) -> Report.
 """
 
 from __future__ import annotations
@@ -18,11 +20,159 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import InputError
-from ..report import LayerReport, Report, measured_speedup
-from ..spec import ExperimentType
+from ..recipes.levels import OutcomePolicy
+from ..report import LayerReport, Report
 from ..speedup import ChannelCounts, explain_speedup
 
 MODEL_FILE = "model.onnx"
+MIN_ACCEPT_SAMPLES = 8
+
+
+@dataclass
+class _Plan:
+    """What one-shot will do, decided (and validated) before any data is read."""
+
+    recipe: Any
+    policy: OutcomePolicy
+    method: str
+    quant_format: str
+
+
+@dataclass
+class _Samples:
+    """Calibration, tuning (the search judges on these) and acceptance (the choice is confirmed
+    on these, never searched on) samples, with labels where the data has them."""
+
+    calibration: list
+    tune: list
+    tune_labels: list | None
+    accept: list
+    accept_labels: list | None
+    holdout: list
+    holdout_labels: list | None
+    notes: list[str]
+    settings: dict[str, Any]
+
+
+def _plan(ctx: RunContext) -> _Plan:
+    """The typed recipe and the level policy; bad input -> InputError."""
+    from ..recipes import int8_wanted, load_recipe
+    from ..recipes.levels import outcome_policy
+
+    exp = ctx.experiment
+    recipe = load_recipe(exp, ctx.recipe_path)
+    method = recipe.pruning_method or exp.pruning_method
+    if exp.structure == "channels" and method != "obs":
+        raise InputError(
+            "--structure channels selects channels with the calibration Hessian (structured OBS) and has "
+            "no magnitude variant; use --pruning-method obs (the default) or --structure unstructured"
+        )
+    if ctx.model_path is None:
+        raise InputError("one-shot needs an ONNX model; pass --model MODEL.onnx")
+    level = float(exp.optim_level)
+    policy = outcome_policy(
+        level,
+        objective=exp.objective,
+        max_accuracy_drop=exp.max_accuracy_drop,
+        int8=int8_wanted(recipe.quantize, level),
+        structure=exp.structure,
+        sparsity=recipe.sparsity,
+        macs_reduction=recipe.macs_reduction,
+    )
+    fmt = recipe.quant_format or exp.deploy.quant_format
+    return _Plan(recipe, policy, method, "qdq" if fmt == "auto" else fmt)
+
+
+def _samples(ctx: RunContext, plan: _Plan, inputs, detector: bool) -> _Samples:
+    from ..data.npz import load_npz_folder, split_samples
+
+    exp = ctx.experiment
+    data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress, detection=detector)
+    if exp.eval_metric in ("mAP", "mAP50") and data.labels is None:
+        raise InputError(
+            f"eval metric '{exp.eval_metric}' needs ground-truth boxes: add 'boxes' (n, 4) x1 y1 x2 y2 "
+            f"pixels and 'labels' (n,) to every .npz file in '{ctx.data_path}', or use --eval-metric fidelity"
+        )
+    if exp.eval_metric in ("accuracy", "f1", "recall") and data.labels is None:
+        raise InputError(
+            f"eval metric '{exp.eval_metric}' needs labels: add an integer 'label' key to every .npz file in "
+            f"'{ctx.data_path}', or use --eval-metric fidelity"
+        )
+    recipe = plan.recipe
+    split = split_samples(
+        data,
+        holdout_fraction=recipe.holdout_fraction,
+        max_holdout=exp.val_samples or recipe.max_holdout_samples,
+        calibration_samples=exp.train_samples or recipe.calibration_samples,
+    )
+    use_labels = split.holdout_labels is not None and exp.eval_metric != "fidelity"
+    labels = split.holdout_labels if use_labels else None
+    notes = list(split.notes)
+    n = len(split.holdout)
+    every = round(1 / recipe.acceptance_fraction) if recipe.acceptance_fraction > 0 else 0
+    accept_idx = list(range(every - 1, n, every)) if every else []
+    if len(accept_idx) < MIN_ACCEPT_SAMPLES or len(accept_idx) == n:
+        accept_idx = []
+        if plan.policy.searches and recipe.acceptance_fraction > 0:
+            notes.append(
+                f"{n} held-out sample(s) are too few to keep an acceptance split apart; the choice is "
+                "accepted on the samples it was tuned on (optimistic)"
+            )
+    accepted = set(accept_idx)
+    tune_idx = [i for i in range(n) if i not in accepted] or list(range(n))
+    accept_idx = accept_idx or tune_idx
+
+    def pick(items: list | None, idx: list[int]) -> list | None:
+        return None if items is None else [items[i] for i in idx]
+
+    return _Samples(
+        calibration=split.calibration,
+        tune=pick(split.holdout, tune_idx),
+        tune_labels=pick(labels, tune_idx),
+        accept=pick(split.holdout, accept_idx),
+        accept_labels=pick(labels, accept_idx),
+        holdout=split.holdout,
+        holdout_labels=labels,
+        notes=notes,
+        settings={
+            "calibration_samples": len(split.calibration),
+            "holdout_samples": n,
+            "tuning_samples": len(tune_idx),
+            "acceptance_samples": len(accept_idx) if accepted else 0,
+            "holdout_disjoint": split.disjoint,
+            "labels": data.labels is not None,
+        },
+    )
+
+
+def _policy_record(policy: OutcomePolicy, final, search_result) -> dict[str, Any]:
+    from ..recipes.levels import level_table
+
+    return {
+        "optim_level": policy.level,
+        "objective": policy.objective.value,
+        "max_accuracy_drop": policy.max_accuracy_drop,
+        "budget_source": policy.budget_source,
+        "search_space": {
+            "int8": policy.int8,
+            "macs_reductions": list(policy.macs_reductions),
+            "sparsities": list(policy.sparsities),
+        },
+        "description": policy.describe(),
+        "result": None if final is None else final.to_dict(),
+        "chosen": None
+        if search_result is None or search_result.chosen is None
+        else search_result.chosen.name,
+        "level_table": level_table(),
+    }
+
+
+def _mode(chosen) -> str:
+    if chosen is None:
+        return "baseline"
+    if chosen.prune is None:
+        return "quantization-only"
+    return "channels" if "channel_summary" in chosen.prune.info else "unstructured"
 
 
 def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) -> list[LayerReport]:
@@ -36,58 +186,44 @@ def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) ->
     return merged
 
 
-@dataclass
-class _Plan:
-    """What one-shot will do, decided (and validated) before any data is read."""
+def _export(ctx: RunContext, baseline: Path, shipped: Path) -> Path:
+    """model.onnx in the staging folder (temporary name, then rename); the input's serving card
+    (preprocessing, class names) carried over."""
+    partial = ctx.work_dir / f".{MODEL_FILE}.partial"
+    shutil.copyfile(shipped, partial)
+    if shipped != baseline:
+        from ..model_card import carry_over
 
-    recipe: Any
-    channels: bool
-    method: str
-    target: float
-    """MAC reduction (channels) or weight sparsity (unstructured); 0 = no pruning."""
-    int8: bool
-    quant_format: str
-    modifiers: list
+        carry_over(baseline, partial)
+    final = ctx.work_dir / MODEL_FILE
+    os.replace(partial, final)
+    return final
 
 
-def _plan(ctx: RunContext) -> _Plan:
-    """The typed recipe and the level policy -> the modifiers to run; bad input -> InputError."""
-    from ..modifiers.one_shot import plan
-    from ..recipes import int8_wanted, load_recipe, macs_reduction_for_level, sparsity_for_level
+def _benchmark(ctx: RunContext, baseline: Path, final: Path, identical: bool, seconds: float):
+    """Baseline and shipped model side by side (medians, alternating); an identical model is
+    measured once and reported as the same numbers."""
+    from ..benchmark import measure_latency
 
     exp = ctx.experiment
-    recipe = load_recipe(exp, ctx.recipe_path)
-    channels = exp.structure == "channels"
-    method = recipe.pruning_method or exp.pruning_method
-    if channels and method != "obs":
-        raise InputError(
-            "--structure channels selects channels with the calibration Hessian (structured OBS) and has "
-            "no magnitude variant; use --pruning-method obs (the default) or --structure unstructured"
-        )
-    if ctx.model_path is None:
-        raise InputError("one-shot needs an ONNX model; pass --model MODEL.onnx")
-    level = float(exp.optim_level)
-    if channels:  # channels: the optim level sets a MAC reduction instead of a weight sparsity
-        mr = recipe.macs_reduction
-        target = mr if mr is not None else macs_reduction_for_level(ExperimentType.one_shot, level)
-    else:
-        sp = recipe.sparsity
-        target = sp if sp is not None else sparsity_for_level(ExperimentType.one_shot, level)
-    int8 = int8_wanted(recipe.quantize, level)
-    fmt = recipe.quant_format or exp.deploy.quant_format
-    fmt = "qdq" if fmt == "auto" else fmt
-    modifiers = plan(recipe, target=target, channels=channels, method=method, int8=int8, quant_format=fmt)
-    return _Plan(recipe, channels, method, target, int8, fmt, modifiers)
+    paths = [baseline] if identical else [baseline, final]
+    stats = measure_latency(
+        paths,
+        batch_size=exp.deploy.batch_size,
+        device=exp.deploy.device,
+        seconds=seconds,
+        show_progress=ctx.show_progress,
+    )
+    return stats[0], stats[-1]
 
 
 def run(ctx: RunContext) -> Report:
-    from ..benchmark import measure_latency
-    from ..data.npz import load_npz_folder, split_samples
-    from ..evaluate import accuracy, fidelity_score
+    from ..evaluate import fidelity_score
     from ..modelstats import layer_sparsity, model_stats
-    from ..modifiers.base import ModifierResult
-    from ..modifiers.one_shot import OneShotState
+    from ..modifiers.one_shot import OneShotState, outputs_on
     from ..onnx_model import load_static_model
+    from ..outcome.judge import Judge
+    from ..outcome.search import SearchInputs, search
 
     exp = ctx.experiment
     tel = ctx.telemetry
@@ -102,52 +238,18 @@ def run(ctx: RunContext) -> Report:
 
     # ---- validate everything before any work ------------------------------------------
     tel.stage("load")
-    p = _plan(ctx)
-    recipe, channels, target, int8, modifiers = p.recipe, p.channels, p.target, p.int8, p.modifiers
-
+    plan = _plan(ctx)
+    policy = plan.policy
     detector = exp.use_case == "object-detection"
     model, inputs = load_static_model(ctx.model_path)
-    data = load_npz_folder(ctx.data_path, inputs, show_progress=ctx.show_progress, detection=detector)
-    if exp.eval_metric in ("mAP", "mAP50") and data.labels is None:
-        raise InputError(
-            f"eval metric '{exp.eval_metric}' needs ground-truth boxes: add 'boxes' (n, 4) x1 y1 x2 y2 "
-            f"pixels and 'labels' (n,) to every .npz file in '{ctx.data_path}', or use --eval-metric fidelity"
-        )
-    if exp.eval_metric in ("accuracy", "f1", "recall") and data.labels is None:
-        raise InputError(
-            f"eval metric '{exp.eval_metric}' needs labels: add an integer 'label' key to every .npz file in "
-            f"'{ctx.data_path}', or use --eval-metric fidelity"
-        )
-    split = split_samples(
-        data,
-        holdout_fraction=recipe.holdout_fraction,
-        max_holdout=exp.val_samples or recipe.max_holdout_samples,
-        calibration_samples=exp.train_samples or recipe.calibration_samples,
-    )
-    use_labels = split.holdout_labels is not None and exp.eval_metric != "fidelity"
-    notes: list[str] = list(split.notes)
+    samples = _samples(ctx, plan, inputs, detector)
+    notes: list[str] = list(samples.notes)
     lap("load")
     tel.progress(0.05)
 
     baseline_path = Path(ctx.model_path)
-    if not modifiers:
-        mode = "baseline"
-    else:
-        mode = ("channels" if channels else "unstructured") if target > 0 else "quantization-only"
-    effective: dict[str, Any] = {
-        "optim_level": float(exp.optim_level),
-        "structure": exp.structure,
-        ("target_macs_reduction" if channels else "target_sparsity"): target,
-        "pruning_method": p.method if target > 0 else None,
-        "quantize": int8,
-        "quant_format": p.quant_format if int8 else None,
-        "calibration_samples": len(split.calibration),
-        "holdout_samples": len(split.holdout),
-        "holdout_disjoint": split.disjoint,
-        "labels": data.labels is not None,
-        "recipe": recipe.settings(),
-    }
-
+    metric = exp.eval_metric
+    found = None
     with tempfile.TemporaryDirectory(prefix="sparsify-oneshot-") as build_name:
         # ---- baseline --------------------------------------------------------------------
         tel.stage("baseline")
@@ -155,127 +257,192 @@ def run(ctx: RunContext) -> Report:
             baseline=baseline_path,
             current=baseline_path,
             build=Path(build_name),
-            calibration=split.calibration,
-            holdout=split.holdout,
+            calibration=samples.calibration,
+            holdout=samples.tune,
             baseline_outputs=[],
             model=model,
             show_progress=ctx.show_progress,
             telemetry=tel,
             detector=detector,
         )
-        base_out = state.baseline_outputs = state.holdout_outputs(baseline_path, "baseline")
+        state.baseline_outputs = state.holdout_outputs(baseline_path, "baseline")
         if detector:
-            check_detector_outputs(base_out)
-        base_acc = accuracy(base_out, split.holdout_labels) if use_labels and not detector else None
-        if base_acc is not None:
-            tel.evaluation("baseline_accuracy", base_acc)
+            check_detector_outputs(state.baseline_outputs)
         lap("baseline")
         tel.progress(0.1)
 
-        # ---- the recipe's modifiers: pruning, then INT8 -------------------------------------
-        results: list[ModifierResult] = []
-        for modifier in modifiers:
-            modifier.initialize(state)
-            result = modifier.finalize(state)
-            results.append(result)
-            notes.extend(result.notes)
-            effective.update({k: v for k, v in result.info.items() if k not in _NOT_SETTINGS})
-            for name in result.timings_s:
-                lap(name)
-            tel.progress(0.8 if "int8" in result.info else 0.5)
+        # ---- the outcome search ----------------------------------------------------------
+        shipped = baseline_path
+        if policy.searches:
+            tune = Judge(
+                state.baseline_outputs,
+                budget=policy.max_accuracy_drop,
+                labels=samples.tune_labels,
+                metric=metric,
+                detector=detector,
+            )
+            accept = Judge(
+                outputs_on(baseline_path, samples.accept, detector),
+                budget=policy.max_accuracy_drop,
+                labels=samples.accept_labels,
+                metric=metric,
+                detector=detector,
+            )
+            found = search(
+                SearchInputs(
+                    state=state,
+                    policy=policy,
+                    tune=tune,
+                    accept=accept,
+                    accept_samples=samples.accept,
+                    recipe=plan.recipe,
+                    method=plan.method,
+                    quant_format=plan.quant_format,
+                    deploy_batch=exp.deploy.batch_size,
+                    deploy_device=exp.deploy.device,
+                )
+            )
+            notes.extend(found.notes)
+            timings.update(found.timings_s)
+            if found.chosen is not None:
+                shipped = found.chosen.path
         state.model = model = None
-        info = {k: v for r in results for k, v in r.info.items()}
-        if info.get("channels_rejected"):
-            mode = "quantization-only" if int8 else "baseline"
-        channel_info = info.get("channel_summary")
-        pruned_layers = next((r.layers for r in results if r.layers), None)
-        candidates = [c for r in results for c in r.candidates]
-        int8_applied = bool(info.get("int8_applied"))
+        clock = time.perf_counter()
+        tel.progress(0.8)
 
-        # ---- write model.onnx (temporary name, then rename) ---------------------------------
+        # ---- write model.onnx, evaluate on every held-out sample, benchmark ----------------
         tel.stage("export")
-        partial = ctx.work_dir / f".{MODEL_FILE}.partial"
-        shutil.copyfile(state.current, partial)
-        if state.current != baseline_path:  # keep the input's serving card (preprocessing, class names)
-            from ..model_card import carry_over
-
-            carry_over(baseline_path, partial)
-        os.replace(partial, ctx.work_dir / MODEL_FILE)
-        final_path = ctx.work_dir / MODEL_FILE
-
-        # ---- evaluate on held-out samples (a model already run is not run again) ----------
+        final_path = _export(ctx, baseline_path, shipped)
+        identical = shipped == baseline_path
         tel.stage("evaluate")
-        opt_out = state.holdout_outputs(state.current, "optimized")
-        fid = state.fidelity(state.current, "optimized")
-        opt_acc = accuracy(opt_out, split.holdout_labels) if use_labels and not detector else None
+        base_out = outputs_on(baseline_path, samples.holdout, detector)
+        opt_out = base_out if identical else outputs_on(shipped, samples.holdout, detector)
+        final = Judge(
+            base_out,
+            budget=policy.max_accuracy_drop,
+            labels=samples.holdout_labels,
+            metric=metric,
+            detector=detector,
+        ).assess(opt_out)
+        fid = _fidelity(base_out, opt_out, detector)
         tel.evaluation("fidelity", fidelity_score(fid))
-        if opt_acc is not None:
-            tel.evaluation("accuracy", opt_acc)
         lap("evaluate")
         tel.progress(0.85)
-
-        # ---- benchmark -------------------------------------------------------------------
         tel.stage("benchmark")
-        base_lat, opt_lat = measure_latency(
-            [baseline_path, final_path],
-            batch_size=exp.deploy.batch_size,
-            device=exp.deploy.device,
-            seconds=recipe.benchmark_seconds,
-            show_progress=ctx.show_progress,
+        base_lat, opt_lat = _benchmark(
+            ctx, baseline_path, final_path, identical, plan.recipe.benchmark_seconds
         )
         lap("benchmark")
         tel.progress(0.95)
 
-    baseline = model_stats(baseline_path).model_copy(update={"accuracy": base_acc, "latency": base_lat})
-    optimized = model_stats(final_path).model_copy(update={"accuracy": opt_acc, "latency": opt_lat})
-    if use_labels and detector:  # mAP on the held-out samples' boxes
-        set_detection_metrics(baseline, optimized, base_out, opt_out, split.holdout_labels)
-        tel.evaluation("map", optimized.map)
-    if use_labels and exp.eval_metric in ("f1", "recall"):  # macro scores on the held-out labels
-        from ..evaluate import macro_f1, macro_recall
-
-        for stats, outs in ((baseline, base_out), (optimized, opt_out)):
-            stats.f1 = round(macro_f1(outs, split.holdout_labels), 5)
-            stats.recall = round(macro_recall(outs, split.holdout_labels), 5)
-        tel.evaluation(exp.eval_metric, getattr(optimized, exp.eval_metric))
-    speedup = measured_speedup(baseline, optimized)
-    if mode != "baseline" and not int8_applied and target == 0:
-        notes.append(
-            "the returned model equals the baseline: INT8 did not pay off within the fidelity budget"
-        )
-    if target > 0 and not channels:
-        notes.append(
-            f"file size {baseline.file_size_bytes / 1e6:.1f} -> {optimized.file_size_bytes / 1e6:.1f} MB, "
-            f"gzip {baseline.compressed_size_bytes / 1e6:.1f} -> "
-            f"{optimized.compressed_size_bytes / 1e6:.1f} MB: zeros from unstructured sparsity are "
-            "stored densely, so only the compressed size shrinks from them"
-        )
-    if speedup is not None and speedup < 1.0 and mode != "baseline":
-        notes.append(
-            f"the optimized model measured {speedup:.3f}x (slower) in the final benchmark; "
-            "timings on a busy machine vary, rerun sparsifyctl benchmark to confirm"
-        )
+    chosen = found.chosen if found is not None else None
+    baseline = model_stats(baseline_path).model_copy(update={"latency": base_lat})
+    optimized = model_stats(final_path).model_copy(update={"latency": opt_lat})
+    _set_metrics(exp, baseline, optimized, base_out, opt_out, samples.holdout_labels, detector, tel)
+    mode = _mode(chosen)
     report = Report.of(
         experiment=exp.to_wire(),
         mode=mode,
-        settings=effective,
+        settings=_settings(exp, plan, samples, chosen),
         baseline=baseline,
         optimized=optimized,
+        identical=identical,
         fidelity=fid,
-        layers=_merge_layers(layer_sparsity(final_path), pruned_layers),
-        candidates=candidates,
-        speedup_source=explain_speedup(
-            mode,
-            speedup,
-            int8=f"{info['int8']['chosen']}, onnxruntime integer kernels" if int8_applied else None,
-            sparsity=optimized.sparsity if target > 0 and not channels else 0.0,
-            channels=ChannelCounts(**channel_info) if channel_info else None,
+        layers=_merge_layers(
+            layer_sparsity(final_path), chosen.prune.layers if chosen is not None and chosen.prune else None
         ),
+        candidates=found.records if found is not None else [],
+        policy=_policy_record(policy, final, found),
         notes=notes,
         timings_s=timings,
     )
+    report.speedup_source = _speedup_source(report, chosen, policy)
+    if mode == "unstructured":
+        report.notes.append(
+            f"file size {baseline.file_size_bytes / 1e6:.2f} -> {optimized.file_size_bytes / 1e6:.2f} MB, "
+            f"gzip {baseline.compressed_size_bytes / 1e6:.2f} -> "
+            f"{optimized.compressed_size_bytes / 1e6:.2f} MB: zeros from unstructured sparsity are "
+            "stored densely, so only the compressed size shrinks from them"
+        )
     tel.progress(1.0)
     return report
+
+
+def _fidelity(base_out, opt_out, detector: bool):
+    from ..evaluate import fidelity
+
+    if detector:
+        from ..detection.fidelity import detection_fidelity
+
+        return detection_fidelity(base_out, opt_out)
+    return fidelity(base_out, opt_out)
+
+
+def _set_metrics(exp, baseline, optimized, base_out, opt_out, labels, detector: bool, tel) -> None:
+    """Accuracy (and macro F1 / recall, or a detector's mAP) of both models on every held-out
+    sample, when the data has labels."""
+    if labels is None:
+        return
+    if detector:
+        set_detection_metrics(baseline, optimized, base_out, opt_out, labels)
+        tel.evaluation("map", optimized.map)
+        return
+    from ..evaluate import accuracy, macro_f1, macro_recall
+
+    baseline.accuracy = round(accuracy(base_out, labels), 5)
+    optimized.accuracy = round(accuracy(opt_out, labels), 5)
+    tel.evaluation("baseline_accuracy", baseline.accuracy)
+    tel.evaluation("accuracy", optimized.accuracy)
+    if exp.eval_metric in ("f1", "recall"):
+        for stats, outs in ((baseline, base_out), (optimized, opt_out)):
+            stats.f1 = round(macro_f1(outs, labels), 5)
+            stats.recall = round(macro_recall(outs, labels), 5)
+        tel.evaluation(exp.eval_metric, getattr(optimized, exp.eval_metric))
+
+
+def _settings(exp, plan: _Plan, samples: _Samples, chosen) -> dict[str, Any]:
+    """The effective settings: what the level asked for and what the chosen candidate is."""
+    int8 = chosen.int8 if chosen is not None else None
+    prune = chosen.prune if chosen is not None else None
+    info = prune.info if prune is not None else {}
+    settings: dict[str, Any] = {
+        "optim_level": float(exp.optim_level),
+        "objective": plan.policy.objective.value,
+        "max_accuracy_drop": plan.policy.max_accuracy_drop,
+        "structure": exp.structure,
+        "pruning_method": plan.method if prune is not None else None,
+        "achieved_sparsity": info.get("achieved_sparsity"),
+        "achieved_macs_fraction": info.get("achieved_macs_fraction"),
+        "channels": info.get("channels"),
+        "quantize": int8 is not None,
+        "quant_format": plan.quant_format if int8 is not None else None,
+        "int8": None
+        if int8 is None
+        else {"chosen": int8.chosen, "fp32_nodes": int8.fp32_nodes, **int8.settings},
+        **samples.settings,
+        "recipe": plan.recipe.settings(),
+    }
+    return {k: v for k, v in settings.items() if v is not None}
+
+
+def _speedup_source(report: Report, chosen, policy: OutcomePolicy) -> str:
+    mode = report.mode
+    if chosen is None:
+        if policy.level == 0:
+            return "optim level 0: the baseline model is returned unchanged, so there is no speedup"
+        return (
+            "the baseline model is returned unchanged: no candidate was both within the accuracy budget "
+            "and faster on the deployment target"
+        )
+    channel_info = chosen.prune.info.get("channel_summary") if chosen.prune is not None else None
+    int8 = chosen.int8
+    return explain_speedup(
+        mode,
+        report.speedup,
+        int8=f"{int8.chosen}, onnxruntime integer kernels" if int8 is not None else None,
+        sparsity=report.optimized.sparsity if mode == "unstructured" else 0.0,
+        channels=ChannelCounts(**channel_info) if channel_info else None,
+    )
 
 
 def check_detector_outputs(outputs: dict) -> None:
@@ -294,7 +461,3 @@ def set_detection_metrics(baseline, optimized, base_out: dict, opt_out: dict, ta
     classes = [str(i) for i in range(parse_outputs(base_out)[0][1].shape[1])]
     for stats, outputs in ((baseline, base_out), (optimized, opt_out)):
         set_metrics(stats, mean_average_precision(postprocess(outputs), targets, classes))
-
-
-# modifier results that describe the run but are not settings of it
-_NOT_SETTINGS = ("channel_summary", "int8_applied")

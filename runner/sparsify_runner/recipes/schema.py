@@ -63,10 +63,18 @@ class Int8SearchConfig(Config):
 
     quantize: AutoOrBool = _setting("auto, true or false")
     quant_format: Literal["auto", "qdq", "qoperator"] | None = _setting("null, auto, qdq or qoperator")
-    max_int8_fidelity_loss: float = _setting("a number in [0, 1]", ge=0, le=1)
     int8_equalization: bool = _setting("true or false")
     int8_candidate_seconds: float = _setting("a positive number", gt=0)
     int8_search_seconds: float = _setting("a positive number", gt=0)
+
+
+class OutcomeSearchConfig(Config):
+    """``outcome.search``: the one-shot candidates an optim level allows, measured and chosen."""
+
+    search_seconds: float = _setting("a positive number", gt=0)
+    candidate_seconds: float = _setting("a positive number", gt=0)
+    finalists: int = _setting("a positive integer", ge=1)
+    acceptance_fraction: float = _setting("a number in [0, 0.9]", ge=0, le=0.9)
 
 
 class CalibrationConfig(Config):
@@ -158,10 +166,11 @@ class OneShotRecipe(
     UnstructuredPruningConfig,
     ChannelPruningConfig,
     Int8SearchConfig,
+    OutcomeSearchConfig,
     CalibrationConfig,
     BenchmarkConfig,
 ):
-    """one-shot: prune (unstructured or channels) -> INT8 search."""
+    """one-shot: the optim level's candidates (pruning, INT8, both) measured, one chosen."""
 
 
 class TrainingRecipe(Recipe, DistillationConfig, QATConfig, Int8ChoiceConfig, BenchmarkConfig):

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -103,11 +104,20 @@ class _LocalStore:
         return str(self.root / name)
 
     def check_bucket(self) -> None:
-        parent = self.root
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"output '{self.root}' is not writable; choose another --output folder")
+        """The folder, or its nearest existing parent, must be a folder we can create files in
+        (probed with a folder made and removed there: permission bits do not stop root)."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "is a file" if existing == self.root else f"is inside '{existing}', which is a file"
+            raise InputError(f"--output '{self.root}' {what}; pass --output to a folder")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".sparsify-probe-", dir=existing))
+        except OSError as err:
+            raise InputError(
+                f"--output '{self.root}' is not writable ({err.strerror}); choose another --output folder"
+            ) from None
 
     def upload(self, path: Path, name: str, sha256: str | None = None, show: bool | None = None) -> None:
         dest = self.root / name

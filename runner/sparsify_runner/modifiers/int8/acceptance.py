@@ -37,8 +37,16 @@ def within_budget(fid: Fidelity, min_score: float) -> bool:
     return fid.cosine_similarity >= min_score
 
 
+def candidate_within(c: Candidate, min_score: float) -> bool:
+    """A candidate judged against the baseline (the outcome search's accuracy budget) passes by
+    that judgement; otherwise by its fidelity to the model it quantizes."""
+    if c.assessment is not None:
+        return c.assessment.within_budget
+    return within_budget(c.fidelity, min_score)
+
+
 def passes(c: Candidate, min_score: float, min_speedup: float) -> bool:
-    return within_budget(c.fidelity, min_score) and c.speedup >= min_speedup
+    return candidate_within(c, min_score) and c.speedup >= min_speedup
 
 
 def pick(s: CandidateBuilder, min_score: float, min_speedup: float) -> Candidate | None:

@@ -18,6 +18,7 @@ import onnx
 
 from ...evaluate import fidelity, fidelity_score, make_session, run_onnx_outputs, run_session
 from ...onnx_graph.feeds import batch_size, stack_batches
+from ...outcome.judge import Assessment, Judge
 from ...report import Fidelity
 
 log = logging.getLogger("sparsify.quantization")
@@ -36,6 +37,8 @@ class Candidate:
     speedup: float
     latency_ms: float
     note: str | None = None
+    assessment: Assessment | None = None
+    """Against the baseline, when the builder has the outcome search's judge."""
 
 
 class CalibrationReader:
@@ -92,6 +95,7 @@ class CandidateBuilder:
         equalized_chains: int = 0,
         always_fp32: list[str] | None = None,
         detection: bool = False,
+        judge: Judge | None = None,
     ) -> None:
         from onnxruntime.quantization import QuantFormat
 
@@ -102,6 +106,7 @@ class CandidateBuilder:
         self.bench_seconds = bench_seconds
         self.bar = bar
         self.detection = detection
+        self.judge = judge
         """Compare candidates as detectors (every output, boxes after NMS), not by the first output."""
         self.reference = self.outputs(fp32_path)
         self.done: list[Candidate] = []
@@ -189,7 +194,8 @@ class CandidateBuilder:
                 calibration_cache_path=str(cache),
                 extra_options=extra,
             )
-        fid = self.fidelity(self.outputs(path))
+        outputs = self.outputs(path)
+        fid = self.fidelity(outputs)
         base, cand = measure_latency(
             [self.fp32_path, path], seconds=self.bench_seconds, warmup=3, min_iterations=5
         )
@@ -210,9 +216,10 @@ class CandidateBuilder:
             exclude=exclude,
             fidelity=fid,
             score=fidelity_score(fid),
-            speedup=round(base.mean_ms / cand.mean_ms, 4),
-            latency_ms=cand.mean_ms,
+            speedup=round(base.median_ms / cand.median_ms, 4),
+            latency_ms=cand.median_ms,
             note=note,
+            assessment=None if self.judge is None else self.judge.assess(outputs),
         )
         self.done.append(c)
         spent = time.perf_counter() - t0

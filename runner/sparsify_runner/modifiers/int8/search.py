@@ -35,8 +35,9 @@ from pathlib import Path
 
 import onnx
 
+from ...outcome.judge import Assessment, Judge
 from ...report import CandidateRecord, Fidelity
-from .acceptance import passes, pick, within_budget
+from .acceptance import candidate_within, passes, pick
 from .candidates import Candidate, CandidateBuilder, Sample
 from .prepare import decode_tail, prepare, structural_exclusions, weight_nodes
 from .sensitivity import node_sensitivity
@@ -55,6 +56,8 @@ class QuantizationResult:
     fidelity: Fidelity | None = None
     speedup: float | None = None
     settings: dict = field(default_factory=dict)
+    assessment: Assessment | None = None
+    """The chosen candidate against the baseline, when a judge was given."""
 
 
 def quantize_int8(
@@ -73,6 +76,7 @@ def quantize_int8(
     equalize: bool = True,
     reduce_range: bool | None = None,
     detector: bool = False,
+    judge: Judge | None = None,
 ) -> QuantizationResult:
     """Static INT8 chosen by measurement (see the module docstring).
 
@@ -85,7 +89,9 @@ def quantize_int8(
     measures both: a model tuned for one grid by QAT is built on that grid). A ``detector``
     keeps every node after its last learned layer in FP32 (``prepare.decode_tail``: the score
     sigmoid and box decode) and is measured by its boxes after NMS
-    (``detection.fidelity``), not by its first output."""
+    (``detection.fidelity``), not by its first output. A ``judge`` (the outcome search's, built
+    on the same ``holdout`` samples) replaces the fidelity budget: a candidate passes when its
+    drop of the headline metric against the *baseline* stays within the accuracy budget."""
     from ...progress import bar
 
     if not calibration:
@@ -120,6 +126,7 @@ def quantize_int8(
                 chains,
                 always_fp32=tail,
                 detection=detector,
+                judge=judge,
             )
             chosen = search(
                 s, min_score, min_speedup, started, time_budget_s, sensitivity_samples, notes, reduce_range
@@ -221,7 +228,7 @@ def search(
 
     while order and k <= min(limit, len(order)) and not over_time():
         c = with_top_fp32(k)
-        if within_budget(c.fidelity, min_score):
+        if candidate_within(c, min_score):
             passing[k] = c
             break
         failing = k
@@ -240,7 +247,7 @@ def search(
         while hi - lo > 1 and not over_time():
             mid = (lo + hi) // 2
             c = with_top_fp32(mid)
-            if within_budget(c.fidelity, min_score):
+            if candidate_within(c, min_score):
                 hi = mid
             else:
                 lo = mid
@@ -289,6 +296,8 @@ def finish(
             speedup=c.speedup,
             fidelity=round(c.score, 6),
             cosine=round(c.fidelity.cosine_similarity, 6),
+            accuracy_drop=None if c.assessment is None else round(c.assessment.drop, 6),
+            within_budget=None if c.assessment is None else c.assessment.within_budget,
             note="; ".join(
                 x for x in (c.note, f"{len(c.exclude)} node(s) in FP32" if c.exclude else None) if x
             )
@@ -342,4 +351,5 @@ def finish(
         fidelity=chosen.fidelity,
         speedup=chosen.speedup,
         settings=dict(chosen.settings),
+        assessment=chosen.assessment,
     )

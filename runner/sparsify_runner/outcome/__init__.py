@@ -1,0 +1,1 @@
+"""Levels as outcomes: judge candidates against the baseline, search, and choose."""

@@ -1,0 +1,97 @@
+"""The optim level as an outcome (budget + search space, monotone), the judge's units, and the
+robust speed comparison: pure functions, in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sparsify_runner.outcome.judge import Judge, softmax
+from sparsify_runner.recipes.levels import accuracy_budget, level_table, outcome_policy
+from sparsify_runner.report import LatencyStats, compare_speed
+from sparsify_runner.spec import Objective
+
+LEVELS = [round(x, 2) for x in np.linspace(0, 1, 21)]
+
+
+@pytest.mark.parametrize("objective", [Objective.speed, Objective.size])
+def test_a_higher_level_never_has_a_smaller_budget_or_a_smaller_search_space(objective):
+    policies = [outcome_policy(level, objective=objective) for level in LEVELS]
+    for low, high in zip(policies, policies[1:], strict=False):
+        assert high.max_accuracy_drop >= low.max_accuracy_drop
+        assert set(low.macs_reductions) <= set(high.macs_reductions)
+        assert set(low.sparsities) <= set(high.sparsities)
+        assert high.int8 >= low.int8
+
+
+def test_the_originals_promises_hold():
+    base = outcome_policy(0.0)
+    assert base.max_accuracy_drop == 0 and not base.searches  # 0 = the baseline unchanged
+    for level in (0.05, 0.1, 0.2, 0.29):  # below 0.3: no pruning, INT8 only
+        p = outcome_policy(level, objective=Objective.size)
+        assert p.int8 and p.macs_reductions == () and p.sparsities == ()
+    assert accuracy_budget(0.5) == pytest.approx(0.01) and accuracy_budget(0.2) == pytest.approx(0.005)
+    # speed on onnxruntime: channels, never unstructured; size: unstructured, no channels
+    speed, size = outcome_policy(0.5), outcome_policy(0.5, objective=Objective.size)
+    assert speed.macs_reductions == (0.1, 0.2, 0.3, 0.4) and speed.sparsities == ()
+    assert size.sparsities == (0.3, 0.4, 0.5) and size.macs_reductions == ()
+    assert [r["optim_level"] for r in level_table()] == [0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0]
+
+
+def test_max_accuracy_drop_overrides_the_levels_budget_and_says_so():
+    p = outcome_policy(0.2, max_accuracy_drop=0.03)
+    assert p.max_accuracy_drop == 0.03 and p.budget_source == "--max-accuracy-drop"
+    assert "3 point(s)" in p.describe()
+
+
+def test_unlabelled_cost_charges_a_flip_by_the_baselines_confidence():
+    """A flip between two near-tied classes costs almost nothing; a flip away from a confident
+    prediction costs its confidence (top-1 agreement would charge both a full point)."""
+    base = [np.array([0.0, 0.01, -5.0]), np.array([5.0, 0.0, 0.0])]
+    near_tie_flip = [np.array([0.02, 0.0, -5.0]), np.array([5.0, 0.0, 0.0])]
+    confident_flip = [np.array([0.0, 0.01, -5.0]), np.array([0.0, 5.0, 0.0])]
+    judge = Judge(base, budget=0.01)
+    assert judge.metric == "estimated accuracy"
+    cheap, costly = judge.assess(near_tie_flip), judge.assess(confident_flip)
+    assert 0 < cheap.drop < 0.01 and cheap.within_budget
+    assert costly.drop > 0.45 and not costly.within_budget
+    assert judge.assess(base).drop == 0.0
+
+
+def test_labelled_accuracy_drop_is_paired_with_an_interval():
+    rng = np.random.default_rng(0)
+    labels = list(rng.integers(0, 2, 400))
+    base = [np.eye(2)[y] for y in labels]  # always right
+    cand = [np.eye(2)[1 - y] if i % 50 == 0 else np.eye(2)[y] for i, y in enumerate(labels)]  # 2% wrong
+    a = Judge(base, budget=0.01, labels=labels).assess(cand)
+    assert a.metric == "accuracy" and a.drop == pytest.approx(0.02) and not a.within_budget
+    assert a.low < 0.02 < a.high and a.samples == 400
+    f1 = Judge(base, budget=0.05, labels=labels, metric="f1").assess(cand)
+    assert f1.metric == "f1" and 0 < f1.drop <= 0.03 and f1.within_budget and f1.low <= f1.drop <= f1.high
+
+
+def test_softmax_keeps_probabilities_and_normalizes_logits():
+    probs = np.array([[0.2, 0.8], [0.5, 0.5]])
+    assert np.allclose(softmax(probs), probs)
+    assert np.allclose(softmax(np.array([[0.0, 0.0]])), [[0.5, 0.5]])
+
+
+def _lat(samples):
+    return LatencyStats(
+        provider="cpu", batch_size=1, iterations=len(samples), mean_ms=float(np.mean(samples)),
+        median_ms=float(np.median(samples)), p90_ms=float(np.percentile(samples, 90)), std_ms=0.0,
+        throughput_items_per_s=1.0, samples_ms=list(samples),
+    )  # fmt: skip
+
+
+def test_speed_verdicts_need_a_difference_the_noise_cannot_explain():
+    rng = np.random.default_rng(1)
+    base = _lat(10 + rng.normal(0, 1, 200))
+    same = _lat(10 + rng.normal(0, 1, 200))
+    fast = _lat(5 + rng.normal(0, 0.5, 200))
+    assert compare_speed(base, base, identical=True).verdict == "identical model"
+    assert compare_speed(base, base, identical=True).ratio == 1.0
+    assert compare_speed(base, same).verdict == "same within noise"
+    verdict = compare_speed(base, fast)
+    assert verdict.verdict == "faster" and verdict.words().endswith("x faster")
+    slow = compare_speed(fast, base)
+    assert slow.verdict == "slower" and slow.words() == f"{1 / slow.ratio:.2f}x slower"
