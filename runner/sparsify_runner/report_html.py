@@ -71,11 +71,32 @@ footer { color: var(--muted); font-size: 0.8rem; border-top: 1px solid var(--lin
 """
 
 _MODE_TEXT = {
-    "baseline": "baseline (optim level 0: the model is returned unchanged)",
+    "baseline": "baseline (the model is returned unchanged)",
     "quantization-only": "INT8 quantization only",
-    "unstructured": "unstructured sparsity + INT8",
-    "channels": "structured (channel/head) pruning + INT8",
+    "unstructured": "unstructured sparsity",
+    "channels": "structured (channel/head) pruning",
 }
+
+
+def _speed_words(report: Report) -> str:
+    """The report's speed verdict; reports from before verdicts existed: the bare ratio."""
+    if report.speed is not None:
+        return report.speed.words()
+    sp = report.speedup
+    if not sp:
+        return ""
+    return f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x slower"
+
+
+def _mode_text(report: Report) -> str:
+    """The mode in words, '+ INT8' only when the returned model is quantized."""
+    text = _MODE_TEXT.get(report.mode, report.mode)
+    settings = report.settings
+    int8_method = settings.get("int8_method")
+    quantized = settings.get("quantize") is True or (int8_method is not None and int8_method != "none (FP32)")
+    if report.mode in ("unstructured", "channels") and quantized:
+        text += " + INT8"
+    return text
 
 
 # ---- formatting -------------------------------------------------------------------------------
@@ -163,7 +184,7 @@ def _summary(report: Report) -> str:
         ("type", exp.get("type")),
         ("use case", exp.get("useCase")),
         ("optim level", exp.get("optimLevel")),
-        ("mode", _MODE_TEXT.get(report.mode, report.mode)),
+        ("mode", _mode_text(report)),
         ("structure", exp.get("structure")),
         ("model", exp.get("model") or exp.get("arch")),
         ("data", exp.get("data")),
@@ -192,10 +213,8 @@ def _summary(report: Report) -> str:
             rows.append([f"top-1 agreement ({f.samples} held-out)", "100.00%", _pct(f.top1_agreement), ""])
         rows.append(["output cosine similarity", "1.0000", f"{f.cosine_similarity:.4f}", ""])
     bl, ol = b.latency, o.latency
-    speed, sp = "", report.speedup
-    if sp:
-        speed = f"{sp:.2f}x faster" if sp >= 1 else f"{1 / sp:.2f}x slower"
-    rows.append(["latency mean", _ms(bl and bl.mean_ms), _ms(ol and ol.mean_ms), _e(speed)])
+    speed = _speed_words(report)
+    rows.append(["latency median", _ms(bl and bl.median_ms), _ms(ol and ol.median_ms), _e(speed)])
     rows.append(["latency p90", _ms(bl and bl.p90_ms), _ms(ol and ol.p90_ms), ""])
     rows.append(
         [
@@ -227,9 +246,20 @@ def _summary(report: Report) -> str:
         rows.append(["MACs / sample", _num(b.flops), _num(o.flops), ""])
     chosen = next((c.name for c in report.candidates if c.chosen), None)
     extra = []
+    if report.policy:
+        extra.append(_e(report.policy["description"]) + ".")
+        result = report.policy.get("result")
+        if result:
+            low, high = result["drop_interval"]
+            extra.append(
+                f"{_e(result['metric'])} drop on {result['samples']} held-out samples: "
+                f"{result['drop'] * 100:+.2f} points (90% interval {low * 100:+.2f} to {high * 100:+.2f}); "
+                f"budget {report.policy['max_accuracy_drop'] * 100:.2f}."
+            )
     if report.candidates:
-        name = _e(chosen or "none")
-        extra.append(f"INT8: measured {len(report.candidates)} candidate(s), chose <strong>{name}</strong>.")
+        name = _e(chosen or ("the baseline" if report.policy else "none"))
+        what = "candidate(s)" if report.policy else "INT8 candidate(s)"
+        extra.append(f"Searched {len(report.candidates)} {what}, chose <strong>{name}</strong>.")
     total = report.timings_s.get("total")
     if total is not None:
         extra.append(f"Wall time: {total:.1f} s.")
@@ -252,7 +282,8 @@ def _speedup_source(report: Report) -> str:
     text = report.speedup_source or "The report does not say where the speedup came from."
     facts: list[str] = []
     if report.speedup is not None:
-        facts.append(f"measured speedup (mean latency, same process, alternating): {report.speedup:.2f}x")
+        words = _speed_words(report)
+        facts.append(f"measured (median latency, same process, alternating): {words}")
     # from the sizes themselves: the pathways disagree on which way round size_ratio is
     b, o = report.baseline, report.optimized
     for what, base, new in (
@@ -263,7 +294,8 @@ def _speedup_source(report: Report) -> str:
             facts.append(f"{what} size: {new / base:.1%} of the baseline ({_ratio_text(base, new)})")
     chosen = next((c for c in report.candidates if c.chosen), None)
     if chosen is not None:
-        facts.append(f"INT8 variant in the returned model: {chosen.name}")
+        what = "candidate" if report.policy else "INT8 variant"
+        facts.append(f"{what} in the returned model: {chosen.name}")
     if report.optimized.sparsity:
         kind = "structured (removed channels/heads)" if report.mode == "channels" else "unstructured (zeros)"
         facts.append(f"sparsity: {report.optimized.sparsity:.1%} {kind}")
@@ -341,10 +373,45 @@ def _latency(report: Report) -> str:
     return _plot(chart) + note + _table(head, rows)
 
 
+def _outcome_candidates(report: Report) -> str:
+    """The outcome search: every candidate's speed against its accuracy drop, the front marked."""
+    cands = report.candidates
+    budget = report.policy["max_accuracy_drop"] if report.policy else None
+    chart = svg_plots.scatter(
+        [(c.speedup, None if c.accuracy_drop is None else -c.accuracy_drop * 100, c.name) for c in cands],
+        title="candidates: speed vs accuracy change (points, tuning split)",
+        x_label="speedup over the baseline (x)",
+        y_label="accuracy change (pt)",
+        highlight={c.name for c in cands if c.chosen},
+        front=[c.name for c in cands if c.pareto],
+        y_format="{:.2f}",
+    )
+    rows = [
+        [
+            f'<span class="text">{_e(c.name)}</span>' + (" (chosen)" if c.chosen else ""),
+            _e(c.stage or ""),
+            _num(c.speedup, "{:.2f}x"),
+            _num(None if c.accuracy_drop is None else c.accuracy_drop * 100, "{:+.2f}"),
+            _num(None if c.accept_drop is None else c.accept_drop * 100, "{:+.2f}"),
+            _mb(c.compressed_size_bytes),
+            "yes" if c.within_budget else ("no" if c.within_budget is False else ""),
+            "yes" if c.pareto else "",
+            _e(c.note or ""),
+        ]
+        for c in cands
+    ]
+    head = ["candidate", "stage", "speedup", "drop (pt)", "accept drop", "gzip", "in budget", "front", "note"]
+    table = _table(head, rows, row_classes=["chosen" if c.chosen else "" for c in cands])
+    caption = "" if budget is None else f"<p>Budget: {budget * 100:.2f} points against the baseline.</p>"
+    return _plot(chart) + caption + table
+
+
 def _candidates(report: Report) -> str:
     cands = report.candidates
     if not cands:
         return _empty("No INT8 candidates were measured in this run.")
+    if report.policy is not None:
+        return _outcome_candidates(report)
     has_speed = any(c.speedup is not None for c in cands)
     x_of = (lambda c: c.speedup) if has_speed else (lambda c: c.latency_ms)
     plottable = any(x_of(c) is not None and c.fidelity is not None for c in cands)
@@ -459,7 +526,11 @@ def render_report_body(report: Report) -> str:
         _section("speedup-source", "Where the speedup came from", _speedup_source(report)),
         _section("layers", "Per-layer sparsity", _layers(report)),
         _section("latency", "Latency: baseline vs optimized", _latency(report)),
-        _section("candidates", "INT8 candidates measured", _candidates(report)),
+        _section(
+            "candidates",
+            "Candidates measured" if report.policy else "INT8 candidates measured",
+            _candidates(report),
+        ),
         _section("training", "Training curves", _training(report)),
         _section("notes", "Notes and run details", _notes(report)),
     ]
@@ -470,7 +541,7 @@ def render_report_html(report: Report) -> str:
     """The whole report.html document for one run."""
     title = report_title(report)
     exp = report.experiment
-    mode = _MODE_TEXT.get(report.mode, report.mode)
+    mode = _mode_text(report)
     sub = f"{exp.get('type', '')} · {mode} · report schema {report.schema_version}"
     body = (
         f'<header><h1>{_e(title)}</h1><p class="sub">{_e(sub)}</p></header>\n'

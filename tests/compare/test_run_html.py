@@ -109,7 +109,9 @@ def test_compare_a_real_local_sweep(tiny_onnx, samples, tmp_path, capsys):
         ("optim-000-u", "Succeeded", 0.0),
         ("optim-020-u", "Succeeded", 0.2),
     ]
-    assert [r["headline"]["mode"] for r in runs] == ["baseline", "quantization-only"]
+    # level 0.2 ships INT8 only where it measured faster than the baseline (on the tiny CNN it may not)
+    assert [r["headline"]["mode"] for r in runs][0] == "baseline"
+    assert runs[1]["headline"]["mode"] in ("baseline", "quantization-only")
     for r in runs:
         assert (out / r["label"] / "report.html").is_file()
     check_self_contained(page.read_text(encoding="utf-8"))

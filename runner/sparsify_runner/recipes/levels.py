@@ -82,7 +82,7 @@ class OutcomePolicy:
         return (
             f"optim level {self.level:g}: the "
             f"{'fastest' if self.objective is Objective.speed else 'smallest'} "
-            f"model within {self.max_accuracy_drop * 100:.2g} point(s) of the baseline "
+            f"model within {self.max_accuracy_drop * 100:.3g} point(s) of the baseline "
             f"({self.budget_source}); candidates: {what}, and their combinations with INT8"
         )
 
