@@ -102,7 +102,11 @@ def test_one_shot_int8_reports_map_and_keeps_the_decode_fp32(det_data, detector_
 
 def test_one_shot_without_boxes_reports_box_fidelity(det_data, detector_onnx, tmp_path, capsys):
     data = _samples(det_data, tmp_path / "samples", with_boxes=False)
-    report = _one_shot(detector_onnx, data, tmp_path / "out", "0.5", capsys, "--quant-format", "qdq")
+    report = _one_shot(
+        detector_onnx, data, tmp_path / "out", "0.5", capsys, "--quant-format", "qdq",
+        "--objective", "size", "--max-accuracy-drop", "1",
+    )  # fmt: skip
+    assert report["policy"]["result"]["metric"] == "box agreement"
     assert report["mode"] == "unstructured"
     assert report["baseline"]["map"] is None and report["optimized"]["map"] is None
     fid = report["fidelity"]

@@ -226,5 +226,6 @@ def test_one_shot_carries_the_input_card_over(tmp_path):
     argv = ["run", "one-shot", "--use-case", "custom", "--model", str(model), "--data", str(samples)]
     code = run_main([*argv, "--optim-level", "0.2", "--recipe-args", recipe, "-o", str(out), "--quiet"])
     assert code == 0
-    assert json.loads((out / "report.json").read_text())["mode"] == "quantization-only"
+    # INT8 ships only if it measured faster; either way the returned model keeps the card
+    assert json.loads((out / "report.json").read_text())["mode"] in ("baseline", "quantization-only")
     assert model_card.read(out / "model.onnx") == card

@@ -53,7 +53,9 @@ def test_three_points_then_resume_reruns_nothing(tiny_onnx, samples, tmp_path, c
         assert p["sizeBytes"] == report["optimized"]["file_size_bytes"]
         assert p["accuracy"] == report["optimized"]["accuracy"]
     modes = [json.loads((out / n / "report.json").read_text())["mode"] for n in names]
-    assert modes == ["baseline", "quantization-only", "unstructured"]
+    # each point ships what measured faster within its budget (on the tiny CNN maybe nothing)
+    assert modes[0] == "baseline" and modes[1] in ("baseline", "quantization-only")
+    assert modes[2] in ("baseline", "quantization-only", "channels")
     # best: the highest measured speedup (budget 1 = any accuracy)
     fastest = max(result["points"], key=lambda p: (p["speedup"], p["accuracy"], -p["optimLevel"]))
     assert result["best"]["name"] == fastest["name"]
