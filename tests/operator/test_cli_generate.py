@@ -111,6 +111,8 @@ def test_generate_same_experiment_as_run_flags():
         arch=None,
         data="s3://d/calib/",
         optim_level=0.6,
+        objective="speed",
+        max_accuracy_drop=None,
         teacher=None,
         recipe=None,
         recipe_args=None,
