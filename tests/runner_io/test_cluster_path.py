@@ -167,7 +167,7 @@ def test_generated_pod_succeeds_and_status_has_results(s3, s3env, tmp_path, one_
     assert results["reportUri"] == "s3://results/tiny/report.json"
     report = json.loads(s3.get_object(Bucket="results", Key="tiny/report.json")["Body"].read())
     assert results["optimizedSizeBytes"] == report["optimized"]["file_size_bytes"]
-    assert results["baselineLatencyMs"] == pytest.approx(report["baseline"]["latency"]["mean_ms"])
+    assert results["baselineLatencyMs"] == pytest.approx(report["baseline"]["latency"]["median_ms"])
     assert "tiny/_SUCCESS.json" in keys(s3, "results")
 
     pushed = parse_metrics(http_get(f"{pushgateway}/metrics"))
