@@ -115,3 +115,24 @@ def test_prune_channels_adds_biases_to_bias_free_consumers(tmp_path):
     onnx.checker.check_model(res.model, full_check=True)
     assert res.macs_after <= 0.5 * res.macs_before + 1
     assert run_model(res.model, calib[0]["x"][None]).shape == (1, 8, 8, 8)
+
+
+def test_a_shared_profile_cache_gives_the_same_pruning_without_profiling_again(tmp_path):
+    """The outcome search prunes one model to several MAC targets: the latency profile and the
+    groups' error curves are measured on the first call only, and the result is the same."""
+    from oneshot.conftest import export
+    from sparsify_runner.modifiers.channel_selection import prune_channels
+
+    from .conftest import _tiny_net
+
+    model = onnx.load(str(export(_tiny_net(), tmp_path / "net.onnx")))
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((3, 16, 16)).astype(np.float32)} for _ in range(64)]
+    cache: dict = {}
+    first = prune_channels(model, calib, 0.4, round_to=1, profile_cache=cache)
+    again = prune_channels(model, calib, 0.4, round_to=1, profile_cache=cache)
+    fresh = prune_channels(model, calib, 0.4, round_to=1)
+    assert len(cache) == 1 and first.timings_s["profile_s"] > 0 and again.timings_s["profile_s"] == 0.0
+    assert again.macs_after == fresh.macs_after == first.macs_after
+    for a, b in zip(again.model.graph.initializer, fresh.model.graph.initializer, strict=True):
+        assert np.allclose(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), atol=1e-5)

@@ -427,9 +427,14 @@ def prune_channels(
     profile_latency: bool = True,
     show_progress: bool = False,
     threads: int | None = None,
+    profile_cache: dict | None = None,
 ) -> ChannelResult:
     """Remove whole channels until the MACs of the Conv/Gemm/MatMul layers drop by
-    ``macs_reduction`` (as far as removable groups allow), calibrated and compensated."""
+    ``macs_reduction`` (as far as removable groups allow), calibrated and compensated.
+
+    ``profile_cache``: a dict shared by calls on the same model and calibration samples (the
+    outcome search's several MAC targets): the per-layer latencies and every group's error
+    curve depend on neither the target nor the removals, so they are measured once."""
     if not calibration:
         raise InputError("channel pruning needs calibration samples; none were given")
     t_start = time.perf_counter()
@@ -452,8 +457,12 @@ def prune_channels(
     macs_before = sum(macs.values())
 
     # ---- per-layer latency (measured once), MAC-proportional where a node was not found ----
+    key = (round_to, max_fraction, percdamp, max_rows, profile_latency)
+    cached = None if profile_cache is None else profile_cache.get(key)
     times: dict[int, float] = {}
-    if profile_latency:
+    if cached is not None:
+        times = dict(cached["times"])
+    elif profile_latency:
         from ..onnx_graph.feeds import make_feeds
 
         t0 = time.perf_counter()
@@ -485,10 +494,22 @@ def prune_channels(
             g.root: min(g.channels - 1, int(g.channels * max_fraction) // steps[g.root] * steps[g.root])
             for g in groups
         }
-        curves = _profile(
-            work, inits, groups, by_index, calibration, steps, limit, percdamp, max_rows // 2,
-            n_threads, show_progress, timings, scan.blocked,
-        )  # fmt: skip
+        if cached is not None:
+            curves = cached["curves"]
+            scan.blocked.update(cached["blocked"])
+            timings["profile_s"] = 0.0
+        else:
+            blocked_before = dict(scan.blocked)
+            curves = _profile(
+                work, inits, groups, by_index, calibration, steps, limit, percdamp, max_rows // 2,
+                n_threads, show_progress, timings, scan.blocked,
+            )  # fmt: skip
+            if profile_cache is not None:
+                profile_cache[key] = {
+                    "times": dict(times),
+                    "curves": curves,
+                    "blocked": {k: v for k, v in scan.blocked.items() if k not in blocked_before},
+                }
         target_macs = macs_before * (1 - macs_reduction)
         plan, reached = allocate_channels(groups, curves, macs, times, target_macs)
         if reached > target_macs * 1.0001:

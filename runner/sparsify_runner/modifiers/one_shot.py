@@ -42,6 +42,8 @@ class OneShotState:
     telemetry: Any = None
     outputs: dict[Path, Any] = field(default_factory=dict)
     """Held-out outputs already computed, by model file (each model is run once)."""
+    channel_profiles: dict = field(default_factory=dict)
+    """Channel pruning's per-layer latencies and error curves, measured once for every MAC target."""
     detector: bool = False
     """An object detector: every output is kept (boxes and scores), fidelity compares boxes
     after NMS, and INT8 keeps the prediction convs and the decode after them in FP32."""
@@ -152,6 +154,7 @@ class ChannelPruning(Modifier):
             round_to=self.config.round_channels_to,
             max_fraction=self.config.max_channels_removed,
             show_progress=state.show_progress,
+            profile_cache=state.channel_profiles,
         )
         pruned_path = _save(cres.model, state.build / f"pruned-channels-{self.macs_reduction:g}.onnx")
         seconds = round(time.perf_counter() - start, 3)
