@@ -1,11 +1,14 @@
-"""One-shot benchmark: MobileNetV2 (pretrained) and ResNet-50 (random weights) at optim levels
-0, 0.2, 0.5, 0.8 vs onnxruntime's stock ``quantize_static`` (default settings), on onnxruntime CPU.
+"""One-shot benchmark: MobileNetV2 (pretrained, photo crops, no labels), ResNet-50 (random
+weights) and MiniLM-L6 fine-tuned on Rotten Tomatoes (``minilm_rt``: 500 labelled held-out
+sentences, 1 x 128 tokens) at optim levels 0, 0.2, 0.5, 0.8 vs onnxruntime's stock
+``quantize_static`` (default settings) and, for MiniLM, ``quantize_dynamic`` (what a CPU user
+of a transformer would pick), on onnxruntime CPU.
 
 Prints one JSON document. Every ratio is measured side by side in this one process:
 the one-shot runs benchmark baseline vs optimized alternately, and the stock peer is timed
 in one alternating session with the baseline and our level-0.2 model.
 
-    python benchmarks/one_shot.py [--models mobilenet_v2 resnet50] [--levels 0 0.2 0.5 0.8]
+    python benchmarks/one_shot.py [--models mobilenet_v2 resnet50 minilm_rt] [--levels 0 0.2 0.5 0.8]
         [--structures unstructured channels]
 
 Levels of the ``channels`` structure are keyed ``channels:LEVEL`` (levels below 0.3 are
@@ -56,14 +59,6 @@ def _noise_floor(model: Path, holdout: list, base_out: list) -> dict:
     return {"top1_agreement": fid.top1_agreement, "cosine": fid.cosine_similarity}
 
 
-def _most_faithful_at(candidates: list[dict], speedup: float) -> dict | None:
-    """The most faithful INT8 candidate of our level-0.2 search that ran at least as fast as
-    the stock quantizer (each candidate's speedup was timed next to FP32 during the search):
-    the comparison "fidelity at equal or better speed", whether or not the budget let it ship."""
-    fast = [c for c in candidates if c["name"] != "fp32" and (c["speedup"] or 0.0) >= speedup]
-    return max(fast, key=lambda c: (c["fidelity"], c["cosine"] or 0.0), default=None)
-
-
 def bench_model(
     name: str,
     model: Path,
@@ -73,6 +68,7 @@ def bench_model(
     seconds: float,
     overrides: dict,
     structures: tuple[str, ...] = ("unstructured",),
+    use_case: str = "image-classification",
 ) -> dict:
     from sparsify_runner.benchmark import measure_latency
     from sparsify_runner.data.npz import load_npz_folder, split_samples
@@ -94,7 +90,7 @@ def bench_model(
         exp = parse_experiment(
             {
                 "type": "one-shot",
-                "useCase": "image-classification",
+                "useCase": use_case,
                 "model": str(model),
                 "data": str(data),
                 "optimLevel": level,
@@ -107,9 +103,15 @@ def bench_model(
         report = run_experiment(exp, show_progress=False, termination_log="")
         wall = round(time.perf_counter() - started, 1)
         chosen = next((c.name for c in report.candidates if c.chosen), None)
+        policy = report.policy or {}
         entry = {
             "mode": report.mode,
             "speedup": report.speedup,
+            "speed": report.speed.model_dump() if report.speed else None,
+            "budget": policy.get("max_accuracy_drop"),
+            "result": policy.get("result"),
+            "baseline_accuracy": report.baseline.accuracy,
+            "accuracy": report.optimized.accuracy,
             "top1_agreement": report.fidelity.top1_agreement if report.fidelity else None,
             "cosine": report.fidelity.cosine_similarity if report.fidelity else None,
             "sparsity": report.optimized.sparsity,
@@ -117,20 +119,22 @@ def bench_model(
             "gzip_size_mb": round(report.optimized.compressed_size_bytes / 1e6, 2),
             "baseline_file_size_mb": round(report.baseline.file_size_bytes / 1e6, 2),
             "baseline_gzip_size_mb": round(report.baseline.compressed_size_bytes / 1e6, 2),
-            "baseline_ms": report.baseline.latency.mean_ms,
-            "optimized_ms": report.optimized.latency.mean_ms,
-            "int8_chosen": chosen,
-            "int8_candidates": [
+            "baseline_median_ms": report.baseline.latency.median_ms,
+            "optimized_median_ms": report.optimized.latency.median_ms,
+            "chosen": chosen,
+            "candidates": [
                 {
                     "name": c.name,
+                    "stage": c.stage,
                     "speedup": c.speedup,
+                    "accuracy_drop": c.accuracy_drop,
                     "fidelity": c.fidelity,
                     "cosine": c.cosine,
+                    "pareto": c.pareto,
                     "chosen": c.chosen,
                 }
                 for c in report.candidates
             ],
-            "pruned_fidelity": report.settings.get("pruned_fidelity"),
             "baseline_macs": report.baseline.flops,
             "optimized_macs": report.optimized.flops,
             "achieved_macs_fraction": report.settings.get("achieved_macs_fraction"),
@@ -144,34 +148,49 @@ def bench_model(
     # the stock peer, same calibration / held-out split as the one-shot runs
     model_proto, inputs = load_static_model(model)
     del model_proto
-    split = split_samples(load_npz_folder(data, inputs))
+    split = split_samples(
+        load_npz_folder(data, inputs),
+        **{k: overrides[k] for k in ("holdout_fraction", "calibration_samples") if k in overrides},
+        max_holdout=overrides.get("max_holdout_samples", 200),
+    )
     stock = work / f"{name}-stock.onnx"
     q_time = _stock_quantize(model, split.calibration, stock)
+    peers = {"stock_quantize_static": stock}
+    if use_case == "text-classification":
+        from onnxruntime.quantization import quantize_dynamic
+
+        dynamic = work / f"{name}-stock-dynamic.onnx"
+        quantize_dynamic(str(model), str(dynamic))
+        peers["stock_quantize_dynamic"] = dynamic
     base_out = run_onnx(model, split.holdout)
-    fid = fidelity(base_out, run_onnx(stock, split.holdout))
     ours = work / f"{name}-0.2" / "model.onnx"
-    paths = [model, stock] + ([ours] if ours.is_file() else [])
+    paths = [model, *peers.values()] + ([ours] if ours.is_file() else [])
     lat = measure_latency(paths, seconds=seconds)
-    peer = {
-        "stock_quantize_static": {
-            "speedup": round(lat[0].mean_ms / lat[1].mean_ms, 4),
+    labels = split.holdout_labels
+
+    def measured(path: Path, stats) -> dict:
+        from sparsify_runner.evaluate import accuracy
+
+        out = run_onnx(path, split.holdout)
+        fid = fidelity(base_out, out)
+        return {
+            "speedup_median": round(lat[0].median_ms / stats.median_ms, 4),
             "top1_agreement": fid.top1_agreement,
             "cosine": fid.cosine_similarity,
-            "quantize_wall_s": q_time,
-            "file_size_mb": round(stock.stat().st_size / 1e6, 2),
-        },
-    }
-    if ours.is_file():
-        ours_fid = fidelity(base_out, run_onnx(ours, split.holdout))
-        peer["ours_level_0.2_same_session"] = {
-            "speedup": round(lat[0].mean_ms / lat[2].mean_ms, 4),
-            "top1_agreement": ours_fid.top1_agreement,
-            "cosine": ours_fid.cosine_similarity,
+            "accuracy": None if labels is None else round(accuracy(out, labels), 4),
+            "file_size_mb": round(path.stat().st_size / 1e6, 2),
         }
-    peer["ours_most_faithful_at_stock_speed"] = _most_faithful_at(
-        result["levels"].get("0.2", {}).get("int8_candidates", []), peer["stock_quantize_static"]["speedup"]
-    )
-    peer["fp32_input_noise_floor"] = _noise_floor(model, split.holdout, base_out)
+
+    peer = {key: measured(path, lat[i + 1]) for i, (key, path) in enumerate(peers.items())}
+    peer["stock_quantize_static"]["quantize_wall_s"] = q_time
+    if labels is not None:
+        from sparsify_runner.evaluate import accuracy
+
+        peer["baseline_accuracy"] = round(accuracy(base_out, labels), 4)
+    if ours.is_file():
+        peer["ours_level_0.2_same_session"] = measured(ours, lat[-1])
+    if use_case == "image-classification":
+        peer["fp32_input_noise_floor"] = _noise_floor(model, split.holdout, base_out)
     result["peer"] = peer
     print(json.dumps({name: peer}), file=sys.stderr, flush=True)
     return result
@@ -179,7 +198,10 @@ def bench_model(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet50"])
+    parser.add_argument(
+        "--models", nargs="+", default=["minilm_rt", "mobilenet_v2"],
+        choices=["minilm_rt", "mobilenet_v2", "resnet50"],
+    )
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.2, 0.5, 0.8])
     parser.add_argument(
         "--samples", type=int, default=320, help="npz samples (20%% held out, rest calibrates)"
@@ -206,15 +228,27 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="sparsify-bench-") as tmp:
         work = Path(tmp)
-        data = assets.write_samples(work / "samples", args.samples)
         builders = {"mobilenet_v2": assets.build_mobilenet_v2, "resnet50": assets.build_resnet50}
+        photos = None
         for name in args.models:
-            model = builders[name](work / f"{name}.onnx")
             overrides = json.loads(args.recipe_args)
+            use_case = "image-classification"
+            if name == "minilm_rt":
+                import text_assets
+
+                model, data = text_assets.build_minilm_sentiment(
+                    ROOT / ".cache" / "demo-text", n_train=4000, n_val=500, n_calib=256
+                )
+                overrides = {**text_assets.recipe_args(500, 256), **overrides}
+                use_case = "text-classification"
+            else:
+                photos = photos or assets.write_samples(work / "samples", args.samples)
+                model, data = builders[name](work / f"{name}.onnx"), photos
             out["results"].append(
                 bench_model(
-                    name, model, data, args.levels, work, args.seconds, overrides, tuple(args.structures)
-                )
+                    name, model, data, args.levels, work, args.seconds, overrides,
+                    tuple(args.structures), use_case,
+                )  # fmt: skip
             )
     print(json.dumps(out, indent=2))
 
