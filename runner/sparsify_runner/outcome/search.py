@@ -28,6 +28,9 @@ from ..report import CandidateRecord, SpeedComparison
 from ..spec import Objective
 from .judge import Assessment, Judge
 
+MIN_MACS_REMOVED = 0.01
+"""A channel candidate that removes less than this share of the MACs is the baseline again."""
+
 
 @dataclass
 class Measured:
@@ -116,6 +119,14 @@ def _pruning_candidates(inp: SearchInputs, deadline: float, notes: list[str]) ->
             notes.extend(n for n in result.notes if n not in notes)
             if result.info.get("channels_rejected"):
                 notes.append(f"channel pruning at {amount:.0%} of MACs lost too much to be measured further")
+                break
+            kept = result.info.get("achieved_macs_fraction")
+            if family == "channels" and kept is not None and kept > 1.0 - MIN_MACS_REMOVED:
+                notes.append(
+                    f"channel pruning removed {1 - kept:.1%} of the MACs at the {amount:.0%} target: this "
+                    "graph's channels are coupled (residual adds, attention heads), so channel candidates "
+                    "were not measured further"
+                )
                 break
             path = state.current
             label = f"channels -{amount:.0%} MACs" if family == "channels" else f"unstructured {amount:.0%}"
