@@ -24,10 +24,11 @@ it with ``recipe_args(n_val, n_calib)``, e.g. ``--recipe-args '{"holdout_fractio
 end up held out is the pathway's choice; all of them are labelled and unseen).
 
 Training: the whole encoder is fine-tuned for ``epochs`` (default 1) with AdamW (lr 1e-4,
-head 2e-3, linear warm-up/decay, batch 32, sentences truncated to 64 tokens). Measured on 2
-busy CPU cores with 4,110 training sentences: 0.82 accuracy on 500 held-out sentences
-(frozen encoder + logistic regression on mean-pooled embeddings: 0.78); ~100 s of training
-on idle cores.
+head 2e-3, linear warm-up/decay, batch 32, sentences truncated to 64 tokens): 0.83 accuracy
+of the exported FP32 model on the 500 validation sentences (4,000 training sentences, seed 0).
+That is ~95 s of training on 2 idle cores (~2 minutes in all), but 7-9 minutes when another
+job shares the cores. ``epochs=0`` keeps the encoder frozen and fits only the linear head
+(L-BFGS on the mean-pooled embeddings): 0.77, under a minute on idle cores.
 
 A finished build is reused: nothing is rebuilt when ``meta.json`` records the same settings
 and the model and every sample file exist.
@@ -101,9 +102,48 @@ def _classifier(encoder, head):
     return SentimentClassifier()
 
 
+def _train_head(model, tokenizer, train: list[tuple[str, int]], *, seed: int, log) -> None:
+    """Frozen encoder: the linear head alone, fitted by L-BFGS (L2 0.01) on the mean-pooled
+    embeddings of the training sentences."""
+    import torch
+
+    torch.manual_seed(seed)
+    model.eval()
+    order = sorted(range(len(train)), key=lambda i: len(train[i][0]))  # little padding per batch
+    feats = torch.zeros(len(train), HIDDEN)
+    with torch.inference_mode():
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            enc = tokenizer(
+                [train[i][0] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=TRAIN_MAX_TOKENS,
+                return_tensors="pt",
+            )
+            hidden = model.encoder(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            feats[idx] = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    labels = torch.tensor([label for _, label in train])
+    head = model.head
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(head(feats), labels) + 0.01 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    log(f"  head fitted on {len(train)} frozen embeddings")
+
+
 def _train(model, tokenizer, train: list[tuple[str, int]], *, epochs: float, seed: int, log) -> None:
     import torch
 
+    if epochs <= 0:
+        _train_head(model, tokenizer, train, seed=seed, log=log)
+        return
     torch.manual_seed(seed)
     batch = 32
     steps = max(1, int(epochs * len(train) / batch))
@@ -310,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-calib", type=int, default=256)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument(
+        "--epochs", type=float, default=1.0, help="fine-tuning epochs; 0: frozen encoder, linear head only"
+    )
     a = ap.parse_args(argv)
     model, samples = build_minilm_sentiment(
         a.out,

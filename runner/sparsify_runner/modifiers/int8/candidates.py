@@ -20,6 +20,7 @@ from ...evaluate import fidelity, fidelity_score, make_session, run_onnx_outputs
 from ...onnx_graph.feeds import batch_size, stack_batches
 from ...outcome.judge import Assessment, Judge
 from ...report import Fidelity
+from .transformer import QuantScope, quant_scope, quantize_dynamic_int8
 
 log = logging.getLogger("sparsify.quantization")
 
@@ -101,7 +102,11 @@ class CandidateBuilder:
 
         self.fp32_path, self.pre, self.work = fp32_path, pre, work
         self.calibration, self.holdout = calibration, holdout
-        self.batch = model_batch_size(onnx.load(str(pre), load_external_data=False))
+        pre_model = onnx.load(str(pre), load_external_data=False)
+        self.batch = model_batch_size(pre_model)
+        self.scope: QuantScope = quant_scope(pre_model)
+        """What a static candidate quantizes: every supported op, or for a graph with attention
+        the weight layers only, with float outputs (``transformer.quant_scope``)."""
         self.format = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
         self.bench_seconds = bench_seconds
         self.bar = bar
@@ -169,31 +174,38 @@ class CandidateBuilder:
 
         exclude = list(exclude or [])
         methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+        fp32_nodes = exclude + self.always_fp32 + self.scope.fp32_nodes
         source = self.gptq_model(reduce_range) if gptq else self.pre
         t0 = time.perf_counter()  # the GPTQ pass above is not a candidate's cost
-        cache = self._cache.setdefault(
-            (method, source), self.work / f"calibration-{method}-{len(self._cache)}.json"
-        )
-        reader = None if cache.exists() else CalibrationReader(self.calibration, self.batch)
-        extra: dict = {"CalibMovingAverage": False}
-        if reader is not None:
-            extra["CalibStridedMinMax"] = reader.stride()
         path = self.work / f"candidate-{len(self.done)}.onnx"
-        with quiet_quantizer():
-            quantize_static(
-                str(source),
-                str(path),
-                reader,
-                quant_format=self.format,
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude + self.always_fp32,
-                calibrate_method=methods[method],
-                calibration_cache_path=str(cache),
-                extra_options=extra,
+        if method == "dynamic":  # weights only; activations quantized per call (u8), no calibration
+            activation = "u8"
+            with quiet_quantizer():
+                quantize_dynamic_int8(source, path, reduce_range=reduce_range, exclude=fp32_nodes)
+        else:
+            cache = self._cache.setdefault(
+                (method, source), self.work / f"calibration-{method}-{len(self._cache)}.json"
             )
+            reader = None if cache.exists() else CalibrationReader(self.calibration, self.batch)
+            extra: dict = {"CalibMovingAverage": False, **self.scope.extra_options}
+            if reader is not None:
+                extra["CalibStridedMinMax"] = reader.stride()
+            with quiet_quantizer():
+                quantize_static(
+                    str(source),
+                    str(path),
+                    reader,
+                    quant_format=self.format,
+                    op_types_to_quantize=self.scope.op_types,
+                    per_channel=True,
+                    reduce_range=reduce_range,
+                    activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=fp32_nodes,
+                    calibrate_method=methods[method],
+                    calibration_cache_path=str(cache),
+                    extra_options=extra,
+                )
         outputs = self.outputs(path)
         fid = self.fidelity(outputs)
         base, cand = measure_latency(
@@ -209,7 +221,7 @@ class CandidateBuilder:
                 "weight_rounding": "gptq" if gptq else "nearest",
                 "per_channel": True,
                 "reduce_range": reduce_range,
-                "calibration": method,
+                "calibration": method,  # "dynamic": quantize_dynamic (no calibration, any format)
                 "equalized_chains": self.equalized_chains,
                 "fp32_nodes": len(exclude),
             },

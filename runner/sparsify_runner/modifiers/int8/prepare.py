@@ -1,7 +1,9 @@
 """INT8 search, stage 1: the model every candidate is built from. ``quant_pre_process``
 (onnxruntime's graph optimizations + shape inference), unique node names (``nodes_to_exclude``
-works by name) and, given calibration samples, equalized channel ranges of every depthwise
-convolution's input (``onnx_equalize``, exact in FP32)."""
+works by name), for a transformer graph the attention-mask clamp and the weight MatMul -> Gemm
+rewrite (``transformer.prepare_transformer``, exact in FP32) and, given calibration samples,
+equalized channel ranges of every depthwise convolution's input (``onnx_equalize``, exact in
+FP32)."""
 
 from __future__ import annotations
 
@@ -10,20 +12,26 @@ from pathlib import Path
 import onnx
 
 from .candidates import CalibrationReader, model_batch_size
+from .transformer import prepare_transformer
 
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 # A weight layer this small is a fixed projection (YOLO's DFL expectation: 16 weights 0..15),
 # part of a detector's decode, not a learned layer.
 MIN_LEARNED_WEIGHTS = 64
+TRANSFORMER_CHECK_SAMPLES = 4
+"""Calibration samples the transformer rewrites are checked on (outputs unchanged)."""
 Sample = dict
 
 
 def prepare(
     fp32_path: Path, work: Path, notes: list[str], calibration: list[Sample] | None = None
 ) -> tuple[Path, int]:
-    """quant_pre_process + unique node names (nodes_to_exclude works by name) and, given
-    ``calibration`` samples, activation-range equalization of the Conv -> depthwise Conv chains
-    (``onnx_equalize``). Returns the model to quantize and the number of chains equalized."""
+    """quant_pre_process + unique node names (nodes_to_exclude works by name), for a graph with
+    attention the exact transformer rewrites (``transformer.prepare_transformer``: huge negative
+    attention-mask constants clamped to -1e4, weight MatMuls as Gemm; checked on a few
+    ``calibration`` samples when given) and, given ``calibration`` samples, activation-range
+    equalization of the Conv -> depthwise Conv chains (``onnx_equalize``). Returns the model to
+    quantize and the number of chains equalized."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from ..onnx_equalize import equalize_activations
@@ -40,6 +48,12 @@ def prepare(
         if not node.name or node.name in seen:
             node.name = f"{node.op_type}_{i}"
         seen.add(node.name)
+    feeds = []
+    if calibration:
+        reader = CalibrationReader(calibration[:TRANSFORMER_CHECK_SAMPLES], model_batch_size(model))
+        feeds = list(reader._feeds())
+    model, transformer_notes = prepare_transformer(model, feeds)
+    notes.extend(transformer_notes)
     chains = 0
     if calibration:
         result = equalize_activations(model, CalibrationReader(calibration, model_batch_size(model))._feeds())
