@@ -111,8 +111,17 @@ def _parameters(model: onnx.ModelProto) -> int:
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of the graph's tensors: onnxruntime's symbolic shape inference (it resolves
+    the Reshape shapes a transformer computes from Shape ops, which ONNX's leaves unknown and
+    so left MiniLM's encoder MatMuls uncounted), else ONNX's."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:
+        inferred = None
+    try:
+        inferred = inferred or onnx.shape_inference.infer_shapes(model)
     except Exception:
         return {}
     shapes = {}
@@ -128,7 +137,11 @@ def count_macs(model: onnx.ModelProto) -> int | None:
     shapes = _shapes(model)
     if not shapes:
         return None
-    batch = None
+    inits = {t.name for t in model.graph.initializer}
+    # the batch is the graph input's first dimension: a layer's own first output dimension is
+    # not (a transformer's weight MatMul run as Gemm on [batch * tokens, hidden] rows)
+    inputs = [shapes[i.name] for i in model.graph.input if i.name not in inits and shapes.get(i.name)]
+    batch = inputs[0][0] if inputs else None
     total = 0
     for w in weights(model):
         out = shapes.get(w.node.output[0])

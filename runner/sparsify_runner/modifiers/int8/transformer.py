@@ -1,27 +1,7 @@
 """INT8 for transformer encoders (BERT, MiniLM, ViT, ...): what to quantize, and two exact
-FP32 rewrites of the graph that static INT8 needs.
-
-Measured on all-MiniLM-L6-v2 fine-tuned for 2-class sentiment (seq 128, 256 calibration / 500
-held-out sentences, u8/s8 per-channel QDQ): quantizing every supported op, as
-``quantize_static`` does by default, gives cosine 0.54 to the FP32 logits and 0.77 top-1
-agreement (accuracy 0.83 -> 0.70). Three causes, in order of damage:
-
-1. **The attention-mask Add.** The mask reaches the scores as a tensor holding
-   ``finfo(float32).min`` (-3.4e38) at padded positions, so the calibrated range of
-   ``scores + mask`` (and of the Softmax input, which is the same tensor) is [-3.4e38, 53]:
-   one 8-bit step is ~1e36, every real score rounds onto one level and attention becomes a
-   uniform average over the unpadded tokens. Quantizing only these 6 Adds on top of the
-   weight layers (float outputs): cosine 0.974 -> 0.595. Clamping the constant to -1e4 does
-   not save a quantized Add (one step is still ~40): the Add and the Softmax stay FP32.
-2. **The outputs of the weight layers** (requantized for the next op): the FFN output and
-   residual stream carry BERT's outlier dimensions (range [-3, 194] in layer 0; Q K^T spans
-   [-630, 319]), so a per-tensor 8-bit output step of ~0.8 wipes out the other dimensions:
-   weight layers only, outputs quantized: cosine 0.915; outputs left in float: 0.987.
-   Quantizing the residual/bias Adds as well: 0.84.
-3. **A shared input quantized for the residual stream too.** QDQ quantizes a tensor once for
-   all its consumers, so quantizing the LayerNorm output feeding Q/K/V also hands the
-   quantized copy to the residual Add: 0.974 -> 0.987 once every weight MatMul gets its own
-   input (the Gemm rewrite below, which gives each its own ``Reshape``).
+FP32 rewrites of the graph that static INT8 needs. Quantizing every op collapses them (the
+attention-mask Add's -3.4e38 constant, outlier dimensions in the weight-layer outputs, a
+quantized residual stream); docs/one-shot.md "INT8 on transformers" has the measurements.
 
 What this module provides (``prepare`` and the candidate builder call it; everything is
 detected by structure, never by model name):
