@@ -19,8 +19,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"sparsifyctl {version('sparsify-k8s')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            typer.echo("sparsifyctl (not installed: no version metadata)")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Sparsify models locally or on Kubernetes."""
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 from sparsify_runner.errors import InputError
-from sparsify_runner.spec import Experiment, ExperimentType, parse_experiment
+from sparsify_runner.spec import Experiment, ExperimentType, validation_line
 
 _O = typer.Option
 
@@ -104,6 +104,39 @@ def _output(
     return f"{working_dir.rstrip('/')}/{leaf}"
 
 
+def _flag_names() -> dict[str, str]:
+    """Experiment field path -> the flag a user typed for it (``optim_level`` -> ``--optim-level``)."""
+    names = {name: option.param_decls[0] for name, (_, option) in EXPERIMENT_PARAMS.items()}
+    names.update(
+        {
+            "deploy.device": names.pop("deploy_device"),
+            "deploy.batch_size": names.pop("deploy_batch_size"),
+            "deploy.quant_format": names.pop("quant_format"),
+        }
+    )
+    return names
+
+
+def _validate(data: dict[str, Any]) -> Experiment:
+    """The experiment, or InputError with one line that names the flag (not the field)."""
+    from pydantic import ValidationError
+
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        flag = _flag_names().get(loc)
+        msg = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across fields: its message already names the flags
+            raise InputError(msg) from None
+        if flag is None:
+            raise InputError(validation_line(err)) from None
+        given = first.get("input")
+        shown = f" {given!r}" if isinstance(given, str | int | float) and not isinstance(given, bool) else ""
+        raise InputError(f"{flag}{shown}: {msg}") from None
+
+
 def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
     """Flags -> validated Experiment, or InputError with one line."""
     valid = [t.value for t in ExperimentType]
@@ -141,7 +174,7 @@ def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
         raise InputError("missing --use-case; pass e.g. --use-case image-classification")
     if data["data"] is None:
         raise InputError("missing --data; pass the dataset folder or URI")
-    return parse_experiment({k: v for k, v in data.items() if v is not None})
+    return _validate({k: v for k, v in data.items() if v is not None})
 
 
 def with_experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -92,6 +92,19 @@ for _canonical, _aliases in USE_CASE_ALIASES.items():
         _USE_CASE_KEYS["".join(ch for ch in _name.lower() if ch not in "-_ ")] = _canonical
 
 
+CUSTOM_PREFIX = "custom:"
+
+
+def _close_use_case(value: str) -> str | None:
+    """The known use case a mistyped name is closest to (``imgae-classification`` ->
+    ``image-classification``), or None when the name is not close to any."""
+    import difflib
+
+    key = _use_case_key(value)
+    match = difflib.get_close_matches(key, list(_USE_CASE_KEYS), n=1, cutoff=0.85)
+    return _USE_CASE_KEYS[match[0]] if match else None
+
+
 def normalize_use_case(value: str) -> str:
     """Map the original's names and aliases to the canonical name (case, '-', '_', spaces
     and a 'cv-'/'nlp-' prefix ignored); unknown strings pass through (custom use cases)."""
@@ -245,9 +258,21 @@ class Experiment(_Model):
     @field_validator("use_case")
     @classmethod
     def _use_case(cls, value: str) -> str:
+        if value.strip().lower().startswith(CUSTOM_PREFIX):  # custom on purpose: no typo check
+            name = value.strip()[len(CUSTOM_PREFIX) :].strip()
+            if not name:
+                raise ValueError(f"'{value}' names no use case; write e.g. {CUSTOM_PREFIX}my-sensor")
+            return CUSTOM_PREFIX + name.lower()
         value = normalize_use_case(value)
         if not value:
             raise ValueError("use case is empty; pass e.g. image-classification")
+        if value not in USE_CASE_ALIASES:
+            close = _close_use_case(value)
+            if close is not None:
+                raise ValueError(
+                    f"'{value}' is not a known use case: did you mean {close}? (a custom use case that "
+                    f"is meant to look like this one is written {CUSTOM_PREFIX}{value})"
+                )
         return value
 
     @field_validator("model", "data", "teacher", "recipe", "catalog", "output")
@@ -293,7 +318,8 @@ class Experiment(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _one_line(err: ValidationError) -> str:
+def validation_line(err: ValidationError) -> str:
+    """A pydantic error as one line naming the experiment field (files and CRs name fields)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or "experiment"
     msg = first["msg"].removeprefix("Value error, ")
@@ -306,7 +332,7 @@ def parse_experiment(data: dict[str, Any]) -> Experiment:
     try:
         return Experiment.model_validate(data)
     except ValidationError as err:
-        raise InputError(_one_line(err)) from None
+        raise InputError(validation_line(err)) from None
 
 
 def load_experiment(source: str) -> Experiment:

@@ -38,7 +38,7 @@ def test_optim_level_out_of_range_is_one_line(capsys, given):
     assert_bad(
         ["generate", "one-shot", "--use-case", "ic", *S3, "--optim-level", given],
         capsys,
-        "optim_level",
+        "--optim-level ",
         "integer percentage in (1, 100]",
         f"got {given.rstrip('0').rstrip('.') if '.' in given else given}",
     )
@@ -130,7 +130,7 @@ def test_eval_metrics(capsys):
     assert_bad(
         ["generate", "training-aware", "--use-case", "ic", *S3, "--eval-metric", "top5"],
         capsys,
-        "eval_metric",
+        "--eval-metric 'top5'",
     )
 
 
@@ -142,7 +142,7 @@ def test_sample_limits(capsys):
     assert_bad(
         ["generate", "training-aware", "--use-case", "ic", *S3, "--train-samples", "0"],
         capsys,
-        "train_samples",
+        "--train-samples 0",
     )
 
 
@@ -227,3 +227,41 @@ def test_committed_crd_has_the_contract_fields():
     exp = props["experiment"]["properties"]
     assert exp["optimLevel"]["maximum"] == 100 and "recall" in exp["evalMetric"]["enum"]
     assert "trainSamples" in exp and "valSamples" in exp
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    from sparsifyctl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sparsifyctl {version('sparsify-k8s')}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--objective", "fast"], "--objective 'fast': Input should be 'speed' or 'size'"),
+        (["--max-accuracy-drop", "2"], "--max-accuracy-drop 2.0: Input should be less than or equal to 1"),
+        (["--deploy-batch-size", "0"], "--deploy-batch-size 0: Input should be greater than or equal to 1"),
+        (["--structure", "rows"], "--structure 'rows': Input should be 'unstructured' or 'channels'"),
+    ],
+)
+def test_bad_flag_values_name_the_flag_the_user_typed(capsys, flags, expected):
+    assert_bad(["generate", "one-shot", "--use-case", "ic", *S3, *flags], capsys, expected)
+
+
+def test_a_mistyped_use_case_gets_the_close_name_and_custom_is_explicit(capsys):
+    assert_bad(
+        ["generate", "one-shot", "--use-case", "imgae-classification", *S3],
+        capsys,
+        "--use-case 'imgae-classification':",
+        "did you mean image-classification?",
+        "custom:imgae-classification",
+    )
+    exp = _generate(capsys, "one-shot", "--use-case", "custom:imgae-classification", *S3, "-o", "s3://b/o/")
+    assert exp["useCase"] == "custom:imgae-classification"
+    exp = _generate(capsys, "one-shot", "--use-case", "my-sensor", *S3, "-o", "s3://b/o/")
+    assert exp["useCase"] == "my-sensor"  # not close to a known name: a custom use case as before

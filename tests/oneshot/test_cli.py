@@ -184,7 +184,7 @@ def _bad_cases(
         "npz names": (args(tiny_onnx, names), "missing input(s) 'x'"),
         "npz shapes": (args(tiny_onnx, shapes), "expected shape (3, 16, 16)"),
         "empty data": (args(tiny_onnx, empty), "no .npz files"),
-        "optim level": (args(tiny_onnx, samples, level="1.5"), "optim_level"),
+        "optim level": (args(tiny_onnx, samples, level="1.5"), "--optim-level 1.5: must be in [0, 1]"),
         "experiment type": (args(tiny_onnx, samples, kind="two-shot"), "unknown experiment type"),
         "recipe key": (args(tiny_onnx, samples) + ["--recipe-args", '{"bogus": 1}'], "'bogus'"),
         "recipe value": (
