@@ -95,3 +95,25 @@ def test_speed_verdicts_need_a_difference_the_noise_cannot_explain():
     assert verdict.verdict == "faster" and verdict.words().endswith("x faster")
     slow = compare_speed(fast, base)
     assert slow.verdict == "slower" and slow.words() == f"{1 / slow.ratio:.2f}x slower"
+
+
+def test_finalists_tied_within_timing_noise_are_ordered_by_drop_then_name():
+    from pathlib import Path
+
+    from sparsify_runner.outcome.judge import Assessment
+    from sparsify_runner.outcome.search import Measured, order_finalists
+    from sparsify_runner.report import SpeedComparison
+
+    def m(name, ratio, low, high, drop):
+        tune = Assessment("accuracy", 0.8, 0.8 - drop, drop, drop, drop, 500, True)
+        speed = SpeedComparison(ratio=ratio, low=low, high=high, verdict="faster")
+        return Measured(name, Path(name), "int8", tune, speedup=ratio, speed=speed)
+
+    u8 = m("int8-u8s8", 2.01, 1.95, 2.07, 0.004)
+    s8 = m("int8-s8s8", 2.03, 1.96, 2.08, 0.004)
+    safer = m("int8-gptq", 1.99, 1.94, 2.05, 0.0)
+    slow = m("channels", 1.5, 1.45, 1.55, 0.0)
+    for order in ([u8, s8, safer, slow], [slow, s8, u8, safer]):
+        assert [x.name for x in order_finalists(Objective.speed, order)] == [
+            "int8-gptq", "int8-s8s8", "int8-u8s8", "channels",
+        ]  # fmt: skip
