@@ -97,7 +97,7 @@ def test_speed_verdicts_need_a_difference_the_noise_cannot_explain():
     assert slow.verdict == "slower" and slow.words() == f"{1 / slow.ratio:.2f}x slower"
 
 
-def test_finalists_tied_within_timing_noise_are_ordered_by_drop_then_name():
+def test_finalists_tied_within_timing_noise_are_ordered_by_drop_size_then_name():
     from pathlib import Path
 
     from sparsify_runner.outcome.judge import Assessment

@@ -65,7 +65,7 @@ def test_level_searches_channel_amounts_and_ships_the_fastest(wide_conv_onnx, ca
     assert len(pruned) == 4 and all(c["within_budget"] for c in pruned)
     assert rep["mode"] == "channels" and "INT8 was not applied" in rep["speedup_source"]
     chosen = next(c for c in rep["candidates"] if c["chosen"])
-    assert chosen["note"].endswith("x faster") and chosen["pareto"]
+    assert chosen["note"].endswith("x faster") and chosen["within_budget"]
     kinds = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "QuantizeLinear" not in kinds
 

@@ -280,14 +280,15 @@ def _acceptable_speed(objective: Objective, speed: SpeedComparison) -> bool:
 def order_finalists(objective: Objective, finalists: list[Measured]) -> list[Measured]:
     """Finalists in the order they are tried, once timed side by side. For speed, those whose
     ratio interval reaches the fastest one's are a tie that timing cannot split: the smallest
-    accuracy drop goes first, then the name, so the same inputs give the same choice (measured on
-    MiniLM at 0.2: u8s8 2.01x and s8s8 2.03x, same drop, swapped between two runs)."""
+    accuracy drop goes first, then the smallest file, then the name, so the same inputs give the
+    same choice (measured on MiniLM at 0.2: u8s8 2.01x and s8s8 2.03x, same drop, swapped between
+    two runs)."""
     ranked = _rank(objective, finalists)
     if objective is not Objective.speed or not ranked or ranked[0].speed is None:
         return ranked
     top = ranked[0].speed
     ties = [m for m in ranked if m.speed is not None and m.speed.high >= top.low]
-    ties.sort(key=lambda m: (round(m.tune.drop, 9), m.name))
+    ties.sort(key=lambda m: (round(m.tune.drop, 9), m.compressed_bytes, m.name))
     return ties + [m for m in ranked if m not in ties]
 
 
