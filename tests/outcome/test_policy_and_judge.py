@@ -117,3 +117,23 @@ def test_finalists_tied_within_timing_noise_are_ordered_by_drop_size_then_name()
         assert [x.name for x in order_finalists(Objective.speed, order)] == [
             "int8-gptq", "int8-s8s8", "int8-u8s8", "channels",
         ]  # fmt: skip
+
+
+def test_int8_pick_breaks_a_speed_tie_by_faithfulness_then_name():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from sparsify_runner.modifiers.int8.acceptance import pick
+    from sparsify_runner.modifiers.int8.candidates import Candidate
+    from sparsify_runner.report import Fidelity
+
+    def cand(name, speedup, score):
+        fid = Fidelity(samples=100, top1_agreement=score, cosine_similarity=score)
+        return Candidate(name, Path(name), {}, [], fid, score, speedup, 1.0)
+
+    for order in ([0, 1, 2], [2, 1, 0]):
+        done = [cand("int8-u8s8", 2.01, 0.99), cand("int8-s8s8", 2.03, 0.99), cand("int8-gptq", 1.2, 1.0)]
+        chosen = pick(SimpleNamespace(done=[done[i] for i in order]), 0.9, 1.0)
+        assert chosen.name == "int8-s8s8"  # u8s8 and s8s8 tie on speed and score: the name decides
+    done = [cand("int8-u8s8", 2.01, 0.98), cand("int8-s8s8", 2.03, 0.97)]
+    assert pick(SimpleNamespace(done=done), 0.9, 1.0).name == "int8-u8s8"  # tied: more faithful wins

@@ -49,8 +49,22 @@ def passes(c: Candidate, min_score: float, min_speedup: float) -> bool:
     return candidate_within(c, min_score) and c.speedup >= min_speedup
 
 
+SPEED_TIE = 0.05
+"""Candidates within 5% of the fastest one's speedup are a tie: one 1.5 s timing each cannot
+split them (MiniLM: u8s8 2.01x and s8s8 2.03x swapped between two runs of the same input)."""
+
+
 def pick(s: CandidateBuilder, min_score: float, min_speedup: float) -> Candidate | None:
+    """The fastest passing candidate; among those tied with it on speed, the most faithful
+    (smallest drop against the baseline when judged, else highest score), then by name, so
+    the same inputs give the same choice."""
     ok = [c for c in s.done if passes(c, min_score, min_speedup)]
     if not ok:
         return None
-    return max(ok, key=lambda c: (c.speedup, c.score))
+    fastest = max(c.speedup for c in ok)
+    ties = [c for c in ok if c.speedup >= fastest * (1 - SPEED_TIE)]
+
+    def faithful(c: Candidate) -> float:
+        return -c.assessment.drop if c.assessment is not None else c.score
+
+    return min(ties, key=lambda c: (-round(faithful(c), 9), c.name))
