@@ -83,6 +83,11 @@ def recipe_args(n_val: int, n_calib: int) -> dict:
     return {"holdout_fraction": frac, "max_holdout_samples": n_val, "calibration_samples": n_calib}
 
 
+def _encode(tokenizer, texts: list[str]):
+    """A padded training batch, truncated to TRAIN_MAX_TOKENS."""
+    return tokenizer(texts, padding=True, truncation=True, max_length=TRAIN_MAX_TOKENS, return_tensors="pt")
+
+
 def _classifier(encoder, head):
     """tokens -> logits: the encoder, mean pooling over the attention mask, the linear head."""
     import torch
@@ -114,13 +119,7 @@ def _train_head(model, tokenizer, train: list[tuple[str, int]], *, seed: int, lo
     with torch.inference_mode():
         for start in range(0, len(order), 64):
             idx = order[start : start + 64]
-            enc = tokenizer(
-                [train[i][0] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=TRAIN_MAX_TOKENS,
-                return_tensors="pt",
-            )
+            enc = _encode(tokenizer, [train[i][0] for i in idx])
             hidden = model.encoder(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             feats[idx] = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -167,13 +166,7 @@ def _train(model, tokenizer, train: list[tuple[str, int]], *, epochs: float, see
             order = list(range(len(train)))
             rng.shuffle(order)
         idx = [order.pop() for _ in range(batch)]
-        enc = tokenizer(
-            [train[i][0] for i in idx],
-            padding=True,
-            truncation=True,
-            max_length=TRAIN_MAX_TOKENS,
-            return_tensors="pt",
-        )
+        enc = _encode(tokenizer, [train[i][0] for i in idx])
         logits = model(enc["input_ids"], enc["attention_mask"])
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor([train[i][1] for i in idx]))
         opt.zero_grad()

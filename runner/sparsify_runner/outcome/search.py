@@ -77,7 +77,6 @@ class SearchInputs:
 class SearchResult:
     chosen: Measured | None
     """None: no candidate beat the baseline within the budget; the baseline is shipped."""
-    measured: list[Measured]
     records: list[CandidateRecord]
     notes: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -397,4 +396,4 @@ def search(inp: SearchInputs) -> SearchResult:
             + ("measurably faster" if inp.policy.objective is Objective.speed else "not slower")
             + " than the baseline on the deployment target, so the baseline is returned unchanged"
         )
-    return SearchResult(chosen, measured, records, notes, timings)
+    return SearchResult(chosen, records, notes, timings)
