@@ -145,7 +145,7 @@ def test_split_counts_is_exact() -> None:
 def test_upstream_correction_recovers_dense_output() -> None:
     """Inputs drifted by upstream pruning: pruning the corrected weights lands closer to the
     dense layer's output ``W X_dense`` than pruning ``W`` itself."""
-    from sparsify_runner.kernels.obs import correct_to_dense
+    from sparsify_runner.kernels.damped_hessian import correct_to_dense
 
     g = torch.Generator().manual_seed(5)
     w = torch.randn(32, 64, generator=g)

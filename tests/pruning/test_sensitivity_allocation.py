@@ -14,7 +14,7 @@ from sparsify_runner.kernels.allocation import (
     interpolate_damage,
 )
 from sparsify_runner.modifiers.onnx_pruning import prune_onnx
-from sparsify_runner.modifiers.sensitivity import measure_damage
+from sparsify_runner.modifiers.pruning_damage import measure_damage
 from sparsify_runner.onnx_graph.layers import find_layers
 
 DIM = 128

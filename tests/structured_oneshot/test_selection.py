@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import torch
-from sparsify_runner.modifiers.channel_selection import (
+from sparsify_runner.kernels.structured_obs import (
     ConsumerProblem,
-    CostModel,
-    allocate_channels,
     augmented_hessian,
     output_energy,
-    prune_channels,
     select_channels,
 )
+from sparsify_runner.modifiers.channel_selection import CostModel, allocate_channels, prune_channels
 from sparsify_runner.onnx_graph.channels import find_groups
 
 from .conftest import bn_depthwise_graph, run_model

@@ -4,7 +4,7 @@ Plain round-to-nearest treats every weight alone. GPTQ (Frantar et al., 2023) qu
 columns of ``W`` one at a time and, like the OBS pruning in :mod:`.obs`, moves the error of
 each rounded weight onto the not-yet-quantized weights of its row along the Cholesky factor
 of ``H^-1`` (``H = 2 X X^T`` from calibration inputs), which minimizes ``||W X - Q X||^2``
-greedily. It shares :func:`.obs.inverse_hessian_cholesky` and the (groups, rows, cols)
+greedily. It shares :func:`.damped_hessian.inverse_hessian_cholesky` and the (groups, rows, cols)
 batching, so depthwise convolutions cost one pass.
 
 The grid is the one onnxruntime's ``quantize_static`` will compute from the weights it is
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .obs import _as_batched, inverse_hessian_cholesky
+from .damped_hessian import DEFAULT_PERCDAMP, as_batched, inverse_hessian_cholesky
 
 
 def symmetric_scales(weight: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -41,13 +41,13 @@ def gptq_quantize(
     *,
     qmax: int = 127,
     blocksize: int = 128,
-    percdamp: float = 0.01,
+    percdamp: float = DEFAULT_PERCDAMP,
 ) -> torch.Tensor:
     """Weights on the symmetric per-row INT8 grid (returned as float32 multiples of the scale).
 
     ``weight``: (rows, cols) or (groups, rows, cols); ``hessian``: matching (cols, cols) or
     (groups, cols, cols)."""
-    w_in, h_in, squeeze = _as_batched(weight, hessian)
+    w_in, h_in, squeeze = as_batched(weight, hessian)
     groups, rows, cols = w_in.shape
     if h_in.shape != (groups, cols, cols):
         raise ValueError(f"Hessian shape {tuple(h_in.shape)} does not match weight {tuple(w_in.shape)}")

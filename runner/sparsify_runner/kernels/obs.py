@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .damped_hessian import DEFAULT_PERCDAMP, as_batched, inverse_hessian_cholesky
+
 
 @dataclass
 class ObsResult:
@@ -53,53 +55,13 @@ def split_counts(n_prune: int, sizes: list[int]) -> list[int]:
     return counts
 
 
-def _as_batched(weight: torch.Tensor, hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    if weight.dim() == 2:
-        if hessian.dim() == 3 and hessian.shape[0] == 1:
-            hessian = hessian[0]
-        if hessian.dim() != 2:
-            raise ValueError("a 2-D weight needs a 2-D Hessian")
-        return weight.unsqueeze(0), hessian.unsqueeze(0), True
-    if weight.dim() != 3 or hessian.dim() != 3:
-        raise ValueError("weight must be (rows, cols) or (groups, rows, cols)")
-    return weight, hessian, False
-
-
-def inverse_hessian_cholesky(
-    hessian: torch.Tensor, percdamp: float = 0.01, max_tries: int = 6
-) -> tuple[torch.Tensor, float]:
-    """Upper Cholesky factor of the dampened ``H^-1`` (batched over groups), in float64.
-
-    Columns whose input is always zero ("dead", zero diagonal) get a unit diagonal so the
-    matrix stays invertible; they carry no output and nothing couples to them.
-    """
-    h = hessian.to(torch.float64).clone()
-    diag = torch.diagonal(h, dim1=-2, dim2=-1)
-    dead = diag <= 0
-    diag[dead] = 1.0
-    mean = diag.mean(dim=-1, keepdim=True)
-    eye = torch.eye(h.shape[-1], dtype=h.dtype)
-    damp = percdamp
-    # Upper Cholesky factor of H^-1 without forming H^-1: with P the reversal permutation and
-    # P H P = L L^T, U = P L^-1 P is upper triangular and U^T U = H^-1. One Cholesky and one
-    # triangular solve; much cheaper than cholesky_inverse + a second Cholesky.
-    flipped = h.flip(-1, -2)
-    for _ in range(max_tries):
-        chol, info = torch.linalg.cholesky_ex(flipped + (damp * mean).unsqueeze(-1) * eye)
-        if int(info.abs().sum()) == 0:
-            inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
-            return inv.flip(-1, -2), damp
-        damp *= 10.0
-    raise RuntimeError(f"Hessian not positive definite even with dampening {damp / 10:g}")
-
-
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
     n_prune: int | list[int],
     *,
     blocksize: int = 128,
-    percdamp: float = 0.01,
+    percdamp: float = DEFAULT_PERCDAMP,
 ) -> ObsResult:
     """Prune exactly ``n_prune`` weights of ``weight`` and update the rest to keep ``W X``.
 
@@ -110,7 +72,7 @@ def sparsegpt_prune(
     the layer total is exact. A list gives one count per group instead (the sensitivity
     probe prunes copies of a layer to several sparsities in one sweep this way).
     """
-    w_in, h_in, squeeze = _as_batched(weight, hessian)
+    w_in, h_in, squeeze = as_batched(weight, hessian)
     groups, rows, cols = w_in.shape
     if h_in.shape != (groups, cols, cols):
         raise ValueError(f"Hessian shape {tuple(h_in.shape)} does not match weight {tuple(w_in.shape)}")
@@ -164,31 +126,10 @@ def sparsegpt_prune(
     return ObsResult(w, mask, damp)
 
 
-def correct_to_dense(
-    weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, percdamp: float = 0.01
-) -> torch.Tensor:
-    """Least-squares weights ``W_c`` with ``W_c X ~= W X_dense`` (before pruning).
-
-    ``X`` are the layer inputs with the earlier layers pruned, ``X_dense`` the dense model's;
-    ``hessian = 2 X X^T``, ``cross = 2 X_dense X^T``. ``W_c = W C H^-1`` (H dampened). Since
-    ``||W X_d - W' X||^2 = ||W X_d - W_c X||^2 + ||(W_c - W') X||^2``, pruning ``W_c`` with
-    OBS also undoes the error accumulated upstream instead of faithfully reproducing it.
-    """
-    w, h, squeeze = _as_batched(weight, hessian)
-    c = cross if cross.dim() == 3 else cross.unsqueeze(0)
-    h = h.to(torch.float64).clone()
-    diag = torch.diagonal(h, dim1=-2, dim2=-1)
-    diag[diag <= 0] = 1.0
-    diag += percdamp * diag.mean(dim=-1, keepdim=True)
-    wc = w.to(torch.float64) @ c.to(torch.float64)  # (g, r, c)
-    out = torch.linalg.solve(h, wc.transpose(-1, -2)).transpose(-1, -2).to(torch.float32)
-    return out.squeeze(0) if squeeze else out
-
-
 def relative_output_error(old: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor) -> float:
     """``||W X - W' X||^2 / ||W X||^2`` computed from the Hessian (batched over groups)."""
-    w_old, h, _ = _as_batched(old, hessian)
-    w_new, _, _ = _as_batched(new, hessian)
+    w_old, h, _ = as_batched(old, hessian)
+    w_new, _, _ = as_batched(new, hessian)
     h = h.to(torch.float64)
     delta = (w_old - w_new).to(torch.float64)
     num = torch.einsum("grc,gcd,grd->", delta, h, delta)

@@ -1,23 +1,12 @@
-"""Structured OBS channel selection (ZipLM-style) with least-squares compensation.
+"""Structured one-shot pruning of an ONNX model: whole channels removed, calibrated and compensated.
 
-Removing root channel ``j`` of a group removes a *set of columns* ``S_j`` from every layer
-that reads those channels (a 3x3 conv consumer loses 9 columns per channel). For a
-consumer ``Y = W X + b`` with input Hessian ``H = 2/n [X;1][X;1]^T`` (the bias column
-makes the refit absorb mean shifts too), the least output error of removing ``S`` with
-the remaining weights re-fitted is the structured OBS error
-``1/2 sum_rows w_S (H^-1_SS)^-1 w_S^T`` and the refit is
-``W <- W - W_S (H^-1_SS)^-1 H^-1_S:`` (exact least squares on the calibration
-activations). Channels go greedily, lowest summed relative error over the group's
-consumers first, ``step`` at a time, with ``H^-1`` downdated by the Schur complement after
-each step (so later choices see the compensated weights), as ZipLM does for heads and
-neurons. The cumulative errors form the group's error curve used for allocation.
-
-:func:`prune_channels` is the one-shot pipeline on an ONNX model: groups
-(``onnx_graph.channels``) -> per-layer MACs and onnxruntime node times -> a profiling pass on
-the dense model (error curves) -> allocation (least error per millisecond saved until the
-MAC target is met) -> the sequential pass (consumers captured with earlier groups already
+:func:`prune_channels` is the pipeline: groups (``onnx_graph.channels``) -> per-layer MACs and
+onnxruntime node times -> a profiling pass on the dense model (every group's error curve from
+``kernels.structured_obs``) -> allocation (least error per millisecond saved until the MAC
+target is met) -> the sequential pass (consumers captured with earlier groups already
 removed, ``onnx_graph.capture.capture_waves``; optionally re-fitted to the dense model's outputs
-first) -> graph surgery.
+first, ``kernels.damped_hessian.correct_to_dense``) -> graph surgery. The selection and the
+least-squares compensation themselves are ``kernels.structured_obs``.
 """
 
 from __future__ import annotations
@@ -35,6 +24,13 @@ import torch
 from onnx import numpy_helper
 
 from ..errors import InputError
+from ..kernels.damped_hessian import correct_to_dense, obs_damp
+from ..kernels.structured_obs import (
+    ConsumerProblem,
+    augmented_hessian,
+    select_channels,
+    solve_dtype,
+)
 from ..onnx_graph.capture import capture_waves, initializer_map, write_back_initializers
 from ..onnx_graph.channels import (
     ChannelGroup,
@@ -48,198 +44,6 @@ from ..onnx_graph.channels import (
 from ..onnx_graph.layers import PrunableLayer, assign_roles_and_waves, find_layers
 from ..progress import layer_progress
 from ..report import LayerReport
-
-
-# ---- numerics ---------------------------------------------------------------------------------
-def damped_cholesky(h: torch.Tensor, percdamp: float = 0.01, tries: int = 6) -> torch.Tensor:
-    """Lower Cholesky factor of ``H + damp * mean(diag) I``; dead columns (zero diagonal)
-    get a unit diagonal. Float64 up to 1,024 columns, float32 above (a 3x3 conv reading 512
-    channels has 4,608 columns: float64 doubles the largest layers' time for no gain)."""
-    dtype = torch.float64 if h.shape[0] <= 1024 else torch.float32
-    h = h.to(dtype).clone()
-    diag = torch.diagonal(h)
-    diag[diag <= 0] = 1.0
-    scale = float(diag.mean())
-    damp = percdamp
-    eye = torch.eye(h.shape[0], dtype=dtype)
-    for _ in range(tries):
-        chol, info = torch.linalg.cholesky_ex(h + damp * scale * eye)
-        if int(info) == 0:
-            return chol
-        damp *= 10
-    raise RuntimeError("Hessian is not positive definite even after dampening")
-
-
-def damped_inverse(h: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
-    """``(H + damp I)^-1`` in float64, from the Cholesky factor (``L^-T L^-1``)."""
-    chol = damped_cholesky(h, percdamp)
-    linv = torch.linalg.solve_triangular(chol, torch.eye(chol.shape[0], dtype=chol.dtype), upper=False)
-    return (linv.T @ linv).to(torch.float64)
-
-
-def inverse_blocks(h: torch.Tensor, cols: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """The diagonal blocks ``[H^-1]_{S_j S_j}`` (``cols``: (J, m) column sets), float64, from
-    ``L^-1`` without forming the whole inverse (``cols^2 m`` instead of ``cols^3``)."""
-    chol = damped_cholesky(h, percdamp)
-    linv = torch.linalg.solve_triangular(chol, torch.eye(chol.shape[0], dtype=chol.dtype), upper=False)
-    sub = linv[:, cols.reshape(-1)].reshape(linv.shape[0], cols.shape[0], cols.shape[1]).to(torch.float64)
-    return torch.einsum("kjm,kjn->jmn", sub, sub)
-
-
-def least_squares(w: torch.Tensor, h: torch.Tensor, keep: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Weights on the ``keep`` columns that best reproduce ``W X``: ``W H_:K H_KK^-1``."""
-    h_kk = h.index_select(0, keep).index_select(1, keep)
-    chol = damped_cholesky(h_kk, percdamp)
-    rhs = (w @ h.index_select(1, keep)).to(chol.dtype)
-    return torch.cholesky_solve(rhs.T, chol).T.to(torch.float64)
-
-
-def augmented_hessian(h: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
-    """``2/n [X;1][X;1]^T`` from ``H = 2/n X X^T`` and ``E[x]`` (the last column is the bias)."""
-    cols = h.shape[-1]
-    out = torch.zeros((cols + 1, cols + 1), dtype=torch.float64)
-    out[:cols, :cols] = h.to(torch.float64)
-    if mean is not None:
-        m = mean.reshape(-1).to(torch.float64)
-        out[:cols, cols] = 2.0 * m
-        out[cols, :cols] = 2.0 * m
-    out[cols, cols] = 2.0
-    return out
-
-
-def output_energy(w: torch.Tensor, h: torch.Tensor) -> float:
-    """``||W X||^2`` per calibration row up to the Hessian's factor 2: ``1/2 tr(W H W^T)``."""
-    w32 = w.to(torch.float32)
-    return float(0.5 * ((w32 @ h.to(torch.float32)) * w32).sum(dtype=torch.float64))
-
-
-@dataclass
-class ConsumerProblem:
-    """One consumer of a group: weights (rows, cols) over its still-alive columns, the
-    matching Hessian, and the columns (into that alive space) of each root channel."""
-
-    weight: torch.Tensor  # float64
-    hessian: torch.Tensor  # float64
-    columns: torch.Tensor  # (channels, m) long
-    energy: float = 0.0
-    damp: float | None = None  # relative dampening; None: the caller's percdamp
-    biased: bool = False  # the last column is the bias (the Hessian is augmented with ones)
-
-
-def output_variance(p: ConsumerProblem, w: torch.Tensor) -> float:
-    """``sum_r Var[y_r]``: the error scale. Folded-BN biases make ``E[y^2]`` mostly mean, so an
-    error relative to it would call removals cheap that wreck the signal."""
-    energy = output_energy(w, p.hessian)
-    if not p.biased:
-        return energy
-    mean_out = (w @ p.hessian[:, -1]) / 2.0  # H[:, -1] = 2 [E[x]; 1]
-    return max(energy - float((mean_out**2).sum()), 1e-6 * energy)
-
-
-@dataclass
-class Selection:
-    order: list[int]  # root channels in removal order
-    curve: list[float]  # cumulative relative error after each step (sum over consumers)
-    counts: list[int]  # channels removed after each step
-    weights: list[torch.Tensor] = field(default_factory=list)  # compensated consumer weights
-
-
-def select_channels(
-    problems: list[ConsumerProblem],
-    n_remove: int,
-    *,
-    step: int = 1,
-    rounds: int = 3,
-    percdamp: float = 0.01,
-) -> Selection:
-    """Greedy structured OBS over the consumers of one group, in ``rounds`` rounds.
-
-    Each round inverts the Hessian of the still-kept columns, re-fits the weights on them
-    by least squares (``W_K = W H_:K H_KK^-1``), scores every kept channel by its OBS error
-    and drops the lowest-scoring ones (geometrically fewer per round, multiples of
-    ``step``). Downdating ``H^-1`` after every single channel, as the exact greedy does,
-    costs ``cols^2`` per removed column: minutes for ResNet-50's 3x3 convs on two cores.
-    The curve has one point per ``step``: exact errors at round ends, the round's summed
-    scores in between. Returns the compensated weights (removed columns exactly zero)."""
-    n_channels = int(problems[0].columns.shape[0])
-    n_remove = max(0, min(n_remove, n_channels - 1))
-    base = [p.weight.to(torch.float64) for p in problems]
-    energies = [max(p.energy or output_variance(p, w), 1e-30) for p, w in zip(problems, base, strict=True)]
-    alive = np.ones(n_channels, dtype=bool)
-    order: list[int] = []
-    curve: list[float] = []
-    counts: list[int] = []
-    prev_err = 0.0
-    fitted = [w.clone() for w in base]
-    plan = _round_sizes(n_remove, step, rounds)
-    for size in [*plan, 0]:
-        fitted = []
-        err = 0.0
-        scores = torch.zeros(int(alive.sum()), dtype=torch.float64)
-        idx = np.flatnonzero(alive)
-        for p, w0, e in zip(problems, base, energies, strict=True):
-            dead = np.zeros(w0.shape[1], dtype=bool)
-            if order:
-                dead[p.columns[torch.tensor(order)].reshape(-1).numpy()] = True
-            keep = torch.from_numpy(np.flatnonzero(~dead))
-            full = torch.zeros_like(w0)
-            if size == 0:  # last pass: only the least-squares refit on the kept columns
-                full[:, keep] = least_squares(w0, p.hessian, keep, p.damp or percdamp)
-            else:
-                w_k = least_squares(w0, p.hessian, keep, p.damp or percdamp)
-                full[:, keep] = w_k
-            err += output_energy(w0 - full, p.hessian) / e  # exact: 1/2 tr(dW H dW^T)
-            fitted.append(full)
-            if size == 0:
-                continue
-            remap = -torch.ones(w0.shape[1], dtype=torch.long)
-            remap[keep] = torch.arange(len(keep))
-            cols = remap[p.columns[torch.from_numpy(idx)]]  # (J, m) into the kept space
-            h_kk = p.hessian.index_select(0, keep).index_select(1, keep)
-            block = inverse_blocks(h_kk, cols, p.damp or percdamp)
-            wj = w_k[:, cols].permute(1, 2, 0)  # (J, m, rows)
-            if cols.shape[1] == 1:
-                scores += 0.5 * (wj[:, 0, :] ** 2).sum(1) / block[:, 0, 0].clamp_min(1e-30) / e
-            else:
-                binv, _ = torch.linalg.inv_ex(block)  # batched small inverses (linalg.solve is slow here)
-                scores += 0.5 * (wj * torch.bmm(binv, wj)).sum((1, 2)) / e
-        if order:  # exact error at the end of the previous round
-            curve[-1] = err
-        prev_err = err
-        if size == 0:
-            break
-        ranked = torch.argsort(scores)[:size]
-        picked = idx[ranked.numpy()]
-        cum = torch.cumsum(scores[ranked], 0)
-        for j in range(step, size + 1, step):
-            counts.append(len(order) + j)
-            curve.append(prev_err + float(cum[j - 1]))
-        if size % step:
-            counts.append(len(order) + size)
-            curve.append(prev_err + float(cum[-1]))
-        order.extend(int(c) for c in picked)
-        alive[picked] = False
-    return Selection(order, curve, counts, fitted)
-
-
-def _round_sizes(n_remove: int, step: int, rounds: int) -> list[int]:
-    """Split ``n_remove`` into up to ``rounds`` chunks (multiples of ``step``), largest first."""
-    units = n_remove // step
-    rest = n_remove - units * step
-    sizes = []
-    left = units
-    for r in range(rounds, 0, -1):
-        if left <= 0:
-            break
-        take = left if r == 1 else max(1, math.ceil(left / 2))
-        sizes.append(take * step)
-        left -= take
-    if rest:
-        if sizes:
-            sizes[-1] += rest
-        else:
-            sizes.append(rest)
-    return sizes
 
 
 # ---- latency ----------------------------------------------------------------------------------
@@ -403,7 +207,7 @@ def _problem(
     full = ref.columns(np.arange(channels))
     local = remap[full]
     kt = torch.from_numpy(keep)
-    damp = percdamp * max(1.0, len(keep) / max(1, rows)) if rows else None
+    damp = obs_damp(percdamp, len(keep), rows) if rows else None
     prob = ConsumerProblem(
         weight[:, kt].clone(),
         h[kt][:, kt],
@@ -694,11 +498,6 @@ def _profile(
     return curves
 
 
-def refit_to_dense(w: torch.Tensor, h: torch.Tensor, cross: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Least-squares ``W_c`` with ``W_c [X;1] ~= W [X_dense;1]``: ``W C H^-1``."""
-    return w @ cross @ damped_inverse(h, percdamp)
-
-
 def _sequential(
     work, inits, groups, by_index, plan, steps, calibration, percdamp, max_rows, correct_upstream, threads,
     show, timings,
@@ -732,7 +531,7 @@ def _sequential(
                     has_bias = st.bias_name is not None
                     h = augmented_hessian(s.hessian[0], s.mean[0]) if has_bias else s.hessian[0].double()
                     c = augmented_hessian(s.cross[0], s.mean[0]) if has_bias else s.cross[0].double()
-                    st.store(refit_to_dense(st.matrix(), h, c, percdamp))
+                    st.store(correct_to_dense(st.matrix(), h, c, percdamp, dtype=solve_dtype(h.shape[-1])))
                     refits += 1
             for g in sorted(active, key=lambda g: g.root_index):
                 if not all(c.node_index in wave for c in g.consumers):

@@ -13,7 +13,7 @@ Pipeline of :func:`prune_onnx`:
    earlier waves already pruned, ``onnx_graph.capture``), build each layer's Hessian
    (``hessian``) and prune + update its weights (``obs``). With ``correct_upstream`` the
    unpruned model runs alongside and each layer first gets least-squares weights that map
-   its drifted inputs to the dense model's output (``obs.correct_to_dense``), so pruning
+   its drifted inputs to the dense model's output (``damped_hessian.correct_to_dense``), so pruning
    also undoes the error accumulated upstream; underdetermined layers (fewer calibration
    rows than inputs, e.g. a classifier) only when the drift is large (measured: it fits
    calibration noise otherwise). ``method="magnitude"``
@@ -34,14 +34,15 @@ from onnx import numpy_helper
 
 from ..errors import InputError
 from ..kernels.allocation import AllocationPolicy, LayerProfile, allocate, allocate_by_damage
+from ..kernels.damped_hessian import correct_to_dense, obs_damp
 from ..kernels.hessian import DEFAULT_MAX_ROWS
 from ..kernels.magnitude import magnitude_prune
-from ..kernels.obs import correct_to_dense, relative_output_error, sparsegpt_prune
+from ..kernels.obs import relative_output_error, sparsegpt_prune
 from ..onnx_graph.capture import capture_waves, initializer_map, write_back_initializers
 from ..onnx_graph.layers import PrunableLayer, assign_roles_and_waves, find_layers
 from ..progress import layer_progress
 from ..report import LayerReport
-from .sensitivity import measure_damage, obs_damp
+from .pruning_damage import measure_damage
 
 METHODS = ("obs", "magnitude")
 ALLOCATIONS = ("erk", "sensitivity")

@@ -1,4 +1,5 @@
-"""Measured per-layer pruning sensitivity of an ONNX model (the input of damage-based allocation).
+"""Pruning damage: how much pruning each layer alone hurts the model's outputs, measured
+(the per-layer sensitivity that damage-based allocation spends the sparsity budget by).
 
 For each prunable layer alone, the layer is pruned at a few sparsity levels the way the
 pruning pass will prune it, and the model is run on a few calibration samples: the damage is
@@ -11,11 +12,11 @@ hurts least.
   (from the calibration samples other than the probe samples, when there are enough, so an
   underdetermined layer such as a classifier that sees one row per sample is not judged on
   the samples it was fitted to), and the layer is pruned with the OBS update
-  (``obs.sparsegpt_prune``, all levels in one sweep). Measured on the pretrained MobileNetV2
-  at 51% (256 calibration crops, 300 other crops): output cosine 0.953 (ERK) / 0.965
-  (magnitude probes) -> 0.975, top-1 agreement 0.74 / 0.73 -> 0.78.
+  (``obs.sparsegpt_prune``, all levels in one sweep).
 * ``method="magnitude"``: the smallest-magnitude weights (per output row) are zeroed. It
   over-states what OBS (which re-fits the remaining weights) loses on wide layers.
+
+docs/one-shot.md, "Measurements behind the allocation policy", has what each probe bought.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from ..evaluate import make_session
+from ..kernels.damped_hessian import obs_damp
 from ..kernels.hessian import DEFAULT_MAX_ROWS
 from ..kernels.magnitude import magnitude_prune
 from ..kernels.obs import sparsegpt_prune
@@ -103,11 +105,6 @@ def _dense_statistics(
     ):
         stats.update(found)
     return stats
-
-
-def obs_damp(percdamp: float, cols: int, rows: int, adaptive: bool) -> float:
-    """The pruning pass's dampening: scaled up with cols / rows when H is rank-deficient."""
-    return percdamp * max(1.0, cols / max(1, rows)) if adaptive else percdamp
 
 
 def _obs_levels(layer, matrix: np.ndarray, st: LayerStatistics, levels, percdamp: float, adaptive: bool):
