@@ -7,7 +7,8 @@ VNNI (``vpdpbusd`` accumulates in int32) nothing saturates. ``reduce_range`` (we
 [-64, 64]) is onnxruntime's documented remedy: 2 * 255 * 64 < 32767.
 
 Anything that has to predict what the INT8 model will compute (quantization-aware training's
-simulation, tests against onnxruntime) asks :func:`int8_saturates` rather than assuming.
+simulation, the INT8 settings ``predict`` benchmarks, tests against onnxruntime) asks
+:func:`int8_saturates` rather than assuming.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from .cpu_features import int8_saturates
 from .errors import InputError
+from .quant_format import onnxruntime_quant_format, resolve_quant_format
 from .spec import DeployTarget
 
 DEFAULT_LEVELS = (0.0, 0.2, 0.5, 0.8, 1.0)
@@ -418,25 +420,16 @@ def profile_model(
 
 
 # ---- micro-benchmark -------------------------------------------------------------------
-def _cpu_has_vnni() -> bool | None:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    return "avx512_vnni" in text or "avx_vnni" in text or "amx_int8" in text
-
-
 def int8_settings(deploy: DeployTarget) -> dict[str, Any]:
     """The settings the product's INT8 search starts from (modifiers/int8/): static,
     per-channel s8 weights, u8 activations, MinMax calibration; 7-bit weights (reduce_range)
-    where the CPU lacks VNNI (the product's fix for u8s8 saturation)."""
-    fmt = "qoperator" if deploy.quant_format == "qoperator" else "qdq"
+    where the target's u8s8 kernels saturate (``cpu_features.int8_saturates``, the product's fix)."""
     return {
-        "format": fmt,
+        "format": resolve_quant_format(deploy),
         "activations": "u8",
         "weights": "s8",
         "per_channel": True,
-        "reduce_range": _cpu_has_vnni() is False,
+        "reduce_range": int8_saturates(deploy.device),
         "calibration": "minmax",
     }
 
@@ -575,7 +568,7 @@ class _Calib:
 
 def _quantize(fp32: Path, out: Path, x_shape: list[int], settings: dict[str, Any]) -> None:
     import numpy as np
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
 
     from .modifiers.int8.candidates import quiet_quantizer
 
@@ -586,7 +579,7 @@ def _quantize(fp32: Path, out: Path, x_shape: list[int], settings: dict[str, Any
             str(fp32),
             str(out),
             _Calib(feeds),
-            quant_format=QuantFormat.QOperator if settings["format"] == "qoperator" else QuantFormat.QDQ,
+            quant_format=onnxruntime_quant_format(settings["format"]),
             per_channel=True,
             reduce_range=bool(settings["reduce_range"]),
             activation_type=QuantType.QUInt8,
@@ -1020,7 +1013,7 @@ def predict(
         model=str(path),
         deploy=deploy,
         onnxruntime=ort.__version__,
-        cpu_vnni=_cpu_has_vnni(),
+        cpu_vnni=not int8_saturates("cpu"),
         int8_settings=settings,
         micro_benchmark_s=seconds,
         cold_weights=cold,
