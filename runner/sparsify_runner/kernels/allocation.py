@@ -13,7 +13,7 @@ Every prunable layer gets a role from the graph (see ``onnx_pruning``):
   (0.8) times the rate a normal layer of its shape would get, capped at 0.8. It cannot
   simply be skipped: in MobileNetV2 it holds 36% of the weights. The cap matters: it sees
   one row per sample, so its Hessian is rank-deficient and OBS compensates less there
-  than in a conv (see the measurement below).
+  than in a conv.
 * ``normal``: everything else.
 
 Layers that are pruned get a rate proportional to their Erdos-Renyi-Kernel weight
@@ -24,19 +24,7 @@ solves ``sum_i p_i * min(cap_i, factor_i * erk_i * lam) = target * sum_i p_i`` (
 the left side is monotone in ``lam``), so the parameter-weighted sparsity over all
 prunable layers equals the target whenever the caps allow it.
 
-Measured on the pretrained MobileNetV2 (OBS, 64 calibration crops, top-1 agreement with
-the dense model on 128 held-out crops, 40% target): uniform rate with the classifier at
-half rate 0.43; ERK weighting 0.92 (per-layer output errors drop from ~5% to <0.1% on the
-narrow expansion convs, while the wide classifier absorbs more sparsity at <0.4% error).
-
-The classifier cap, measured on the same model (256 calibration / 128 held-out crops,
-agreement / cosine with the dense model): at the 51% target ERK drove the classifier to
-the old 0.9 cap (88%), and restoring just that layer's dense weights in the pruned model
-lifted agreement 0.72 -> 0.86 (cosine 0.957 -> 0.990) - it was most of the damage. With
-the cap at 0.8 the others take the difference: 51% 0.74 / 0.954 -> 0.79 / 0.973, 69%
-0.63 / 0.940 -> 0.72 / 0.955, 40% unchanged (the classifier stays below both caps). A
-0.7 or 0.75 cap was no better at 51% (0.76 / 0.975), and a softer ERK (power 0.5) won at
-51% but lost at 69% (0.70 / 0.926).
+The measurements behind these rules: docs/one-shot.md, "Measurements behind the allocation policy".
 """
 
 from __future__ import annotations
