@@ -51,8 +51,8 @@ def test_unstructured_pruning_moves_the_state_to_the_pruned_model(convnet, tmp_p
     modifier.initialize(state)
     result = modifier.finalize(state)
     assert state.current == tmp_path / "pruned-unstructured-0.5.onnx" and state.current.is_file()
-    assert result.info["achieved_sparsity"] == pytest.approx(0.5, abs=0.05)
-    assert 0.0 < result.info["pruned_fidelity"] <= 1.0
+    assert result.achieved_sparsity == pytest.approx(0.5, abs=0.05)
+    assert 0.0 < result.pruned_fidelity <= 1.0
     assert result.layers and "prune" in result.timings_s
     assert state.current in state.outputs  # evaluated once, reused by the pathway
 
@@ -62,8 +62,8 @@ def test_channel_pruning_declines_below_its_fidelity_floor_and_applies_above(con
     state = _state(convnet, tmp_path / "strict")
     (tmp_path / "strict").mkdir()
     result = ChannelPruning(0.5, config=strict).finalize(state)
-    if result.info["pruned_fidelity"] < 1.0:  # a 50% MAC cut is never exact on random weights
-        assert result.info["channels_rejected"] is True
+    if result.pruned_fidelity < 1.0:  # a 50% MAC cut is never exact on random weights
+        assert result.rejected is True
         assert state.current == convnet and not result.layers
         assert any("no channels were removed" in n for n in result.notes)
 
@@ -71,9 +71,9 @@ def test_channel_pruning_declines_below_its_fidelity_floor_and_applies_above(con
     (tmp_path / "loose").mkdir()
     state = _state(convnet, tmp_path / "loose")
     result = ChannelPruning(0.5, config=loose).finalize(state)
-    assert "channels_rejected" not in result.info and state.current != convnet
-    summary = result.info["channel_summary"]
-    assert summary["macs_after"] < summary["macs_before"] and summary["removed"] > 0
+    assert not result.rejected and state.current != convnet
+    summary = result.channels
+    assert summary.macs_after < summary.macs_before and summary.removed > 0
     assert np.asarray(run_onnx(state.current, state.holdout)[0]).reshape(-1).shape == (10,)
 
 

@@ -137,3 +137,56 @@ def test_int8_pick_breaks_a_speed_tie_by_faithfulness_then_name():
         assert chosen.name == "int8-s8s8"  # u8s8 and s8s8 tie on speed and score: the name decides
     done = [cand("int8-u8s8", 2.01, 0.98), cand("int8-s8s8", 2.03, 0.97)]
     assert pick(SimpleNamespace(done=done), 0.9, 1.0).name == "int8-u8s8"  # tied: more faithful wins
+
+
+def test_int8_pick_re_times_close_contenders_side_by_side_before_choosing():
+    """The first timings (each beside FP32 at its own moment) put u8s8 ahead by 8%; timed again
+    side by side they tie, so the tie rule (faithfulness, then name) decides."""
+    from pathlib import Path
+
+    from sparsify_runner.modifiers.int8.acceptance import pick
+    from sparsify_runner.modifiers.int8.candidates import Candidate
+    from sparsify_runner.report import Fidelity
+
+    def cand(name, speedup, score=0.99):
+        fid = Fidelity(samples=100, top1_agreement=score, cosine_similarity=score)
+        return Candidate(name, Path(name), {}, [], fid, score, speedup, 1.0)
+
+    class Builder:
+        def __init__(self, done, side_by_side):
+            self.done, self.side_by_side, self.retimed = done, side_by_side, []
+
+        def retime(self, candidates):
+            self.retimed = [c.name for c in candidates]
+            for c in candidates:
+                c.speedup, c.retimed = self.side_by_side[c.name], True
+
+    far = cand("int8-gptq", 1.5)  # outside the re-timing band: its first timing stands
+    b = Builder([cand("int8-u8s8", 2.16), cand("int8-s8s8", 2.0), far], {"int8-u8s8": 2.02, "int8-s8s8": 2.03})
+    assert pick(b, 0.9, 1.0).name == "int8-s8s8"
+    assert sorted(b.retimed) == ["int8-s8s8", "int8-u8s8"] and not far.retimed
+    lone = Builder([cand("int8-u8s8", 2.1), far], {})
+    assert pick(lone, 0.9, 1.0).name == "int8-u8s8" and lone.retimed == []  # nothing close: no re-timing
+    slower = Builder([cand("int8-u8s8", 1.05), cand("int8-s8s8", 1.0)], {"int8-u8s8": 0.97, "int8-s8s8": 0.96})
+    assert pick(slower, 0.9, 1.0) is None  # re-timed below FP32: none is fast enough
+
+
+def test_the_profile_skips_channel_amounts_that_cannot_be_measurably_faster(monkeypatch):
+    from types import SimpleNamespace
+
+    from sparsify_runner.outcome import search
+
+    assert search.best_case_speedup(1.0, 0.5) == pytest.approx(2.0)
+    assert search.best_case_speedup(0.1, 0.1) == pytest.approx(1 / 0.99)
+    inp = SimpleNamespace(policy=outcome_policy(0.8))
+    monkeypatch.setattr(search, "kernel_time_share", lambda _inp: 0.15)  # a tiny model: overhead rules
+    notes: list[str] = []
+    kept = search._channel_amounts(inp, notes)
+    assert kept == tuple(a for a in inp.policy.macs_reductions if a >= 0.2)  # 15% x 10% = 1.5% < 2%
+    assert len(notes) == 1 and "10%" in notes[0] and "cannot be measurably faster" in notes[0]
+    monkeypatch.setattr(search, "kernel_time_share", lambda _inp: 0.9)
+    assert search._channel_amounts(inp, []) == inp.policy.macs_reductions
+    monkeypatch.setattr(search, "kernel_time_share", lambda _inp: 0.15)
+    size = SimpleNamespace(policy=outcome_policy(0.8, objective=Objective.size, structure="channels"))
+    assert 0.1 in size.policy.macs_reductions
+    assert search._channel_amounts(size, []) == size.policy.macs_reductions  # size: no speed bound

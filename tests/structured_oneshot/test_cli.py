@@ -63,11 +63,17 @@ def test_level_searches_channel_amounts_and_ships_the_fastest(wide_conv_onnx, ca
     assert {c["stage"] for c in rep["candidates"]} == {"baseline", "pruning"}
     pruned = [c for c in rep["candidates"] if c["stage"] == "pruning"]
     assert len(pruned) == 4 and all(c["within_budget"] for c in pruned)
-    assert rep["mode"] == "channels" and "INT8 was not applied" in rep["speedup_source"]
-    chosen = next(c for c in rep["candidates"] if c["chosen"])
-    assert chosen["note"].endswith("x faster") and chosen["within_budget"]
     kinds = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
     assert "QuantizeLinear" not in kinds
+    chosen = next(c for c in rep["candidates"] if c["chosen"])
+    # which finalist wins is a timing on a shared machine, never asserted: either one that
+    # measured faster ships, or the baseline does and the notes say why each finalist lost
+    if rep["mode"] == "channels":
+        assert "INT8 was not applied" in rep["speedup_source"]
+        assert chosen["note"].endswith("x faster") and chosen["within_budget"]
+    else:
+        assert rep["mode"] == "baseline" and chosen["stage"] == "baseline"
+        assert sum("not chosen" in n and "beside the baseline" in n for n in rep["notes"]) == 3
 
 
 def test_channels_with_magnitude_is_one_line_exit_2(conv_onnx, calib, tmp_path, capsys):

@@ -53,7 +53,6 @@ class ModifierResult:
     layers: list[Any] = field(default_factory=list)
     candidates: list[Any] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Modifier:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..recipes.schema import ChannelPruningConfig, UnstructuredPruningConfig
+from ..speedup import ChannelCounts
 from .base import Modifier, ModifierResult
 
 Sample = dict[str, np.ndarray]
@@ -99,13 +100,29 @@ def _save(model: Any, path: Path) -> Path:
     return path
 
 
+@dataclass
+class PruneResult(ModifierResult):
+    """What a pruning modifier did, beside the notes and layers every modifier reports."""
+
+    family: str = "unstructured"
+    """``unstructured`` or ``channels``."""
+    pruned_fidelity: float | None = None
+    """Fidelity of the pruned model to the baseline on the held-out samples."""
+    achieved_sparsity: float | None = None
+    achieved_macs_fraction: float | None = None
+    channels: ChannelCounts | None = None
+    """Channel pruning: the channels removed and the MACs before/after."""
+    rejected: bool = False
+    """Channel pruning fell below its fidelity floor: the graph was left as it was."""
+
+
 class UnstructuredPruning(Modifier):
     """OBS (SparseGPT-style, with the calibration Hessian) or magnitude pruning of weights."""
 
     def __init__(self, sparsity: float, *, method: str, config: UnstructuredPruningConfig) -> None:
         self.sparsity, self.method, self.config = sparsity, method, config
 
-    def finalize(self, state: OneShotState) -> ModifierResult:
+    def finalize(self, state: OneShotState) -> PruneResult:
         from .onnx_pruning import prune_onnx
 
         state.stage("prune")
@@ -123,14 +140,13 @@ class UnstructuredPruning(Modifier):
         seconds = round(time.perf_counter() - start, 3)
         state.evaluation("sparsity", result.achieved_sparsity)
         pruned = state.fidelity_to_baseline(state.current, "pruned")
-        return ModifierResult(
+        return PruneResult(
             notes=list(result.notes),
             layers=list(result.layers),
             timings_s={"prune": seconds},
-            info={
-                "achieved_sparsity": round(result.achieved_sparsity, 6),
-                "pruned_fidelity": round(pruned, 6),
-            },
+            family="unstructured",
+            achieved_sparsity=round(result.achieved_sparsity, 6),
+            pruned_fidelity=round(pruned, 6),
         )
 
 
@@ -142,7 +158,7 @@ class ChannelPruning(Modifier):
         self.macs_reduction, self.config = macs_reduction, config
         self.floor = 1.0 - config.max_channels_fidelity_loss
 
-    def finalize(self, state: OneShotState) -> ModifierResult:
+    def finalize(self, state: OneShotState) -> PruneResult:
         from .channel_selection import prune_channels
 
         state.stage("prune")
@@ -158,34 +174,35 @@ class ChannelPruning(Modifier):
         )
         pruned_path = _save(cres.model, state.build / f"pruned-channels-{self.macs_reduction:g}.onnx")
         seconds = round(time.perf_counter() - start, 3)
-        channels = {
-            "removed": cres.channels_removed,
-            "total": cres.channels_total,
-            "groups": cres.groups,
-            "macs_before": cres.macs_before,
-            "macs_after": cres.macs_after,
-        }
+        channels = ChannelCounts(
+            macs_before=cres.macs_before,
+            macs_after=cres.macs_after,
+            removed=cres.channels_removed,
+            total=cres.channels_total,
+            groups=cres.groups,
+        )
         kept = round(cres.macs_after / max(1, cres.macs_before), 6)
         state.evaluation("macs_fraction", kept)
         score = state.fidelity_to_baseline(pruned_path, "pruned")
-        info: dict[str, Any] = {
-            "achieved_macs_fraction": kept,
-            "channels": {**channels, "timings_s": cres.timings_s},
-            "pruned_fidelity": round(score, 6),
-        }
+        result = PruneResult(
+            notes=list(cres.notes),
+            timings_s={"prune": seconds, **{f"channels_{k}": v for k, v in cres.timings_s.items()}},
+            family="channels",
+            achieved_macs_fraction=kept,
+            pruned_fidelity=round(score, 6),
+            channels=channels,
+        )
         if score < self.floor:
             # never hand back a model that lost what channel pruning cost here: keep the graph's
             # channels and say so (INT8 after this still applies)
-            info["channels_rejected"] = True
-            note = (
+            result.rejected = True
+            result.notes.append(
                 f"channel pruning to {kept:.0%} of the MACs kept only {score:.1%} fidelity to the "
                 f"baseline (floor {self.floor:.0%}, max_channels_fidelity_loss), so no channels were "
                 "removed; lower --optim-level or use training-aware --structure channels, which "
                 "recovers accuracy by fine-tuning"
             )
-            return ModifierResult(notes=[*cres.notes, note], timings_s={"prune": seconds}, info=info)
+            return result
         state.current = pruned_path
-        info["channel_summary"] = channels
-        return ModifierResult(
-            notes=list(cres.notes), layers=list(cres.layers), timings_s={"prune": seconds}, info=info
-        )
+        result.layers = list(cres.layers)
+        return result

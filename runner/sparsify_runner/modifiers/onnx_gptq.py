@@ -31,6 +31,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from ..kernels.damped_hessian import obs_damp
 from ..kernels.gptq import gptq_quantize
 from ..kernels.hessian import DEFAULT_MAX_ROWS
 from ..kernels.obs import relative_output_error
@@ -151,7 +152,7 @@ def gptq_onnx(
                     t0 = time.perf_counter()
                     st = stats[(ly.data_input, ly.spec)]
                     # a classifier sees one row per sample: dampen more when rows < cols
-                    damp = percdamp * max(1.0, ly.spec.cols / max(1, st.rows))
+                    damp = obs_damp(percdamp, ly.spec.cols, st.rows)
                     w = torch.from_numpy(ly.to_matrix(numpy_helper.to_array(inits[ly.weight_name])))
                     q = gptq_quantize(w, st.hessian, qmax=qmax, percdamp=damp)
                     errors[ly.name] = relative_output_error(w, q, st.hessian)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..modifiers.base import ModifierResult
 from ..recipes.levels import OutcomePolicy
 from ..report import CandidateRecord, SpeedComparison
 from ..spec import Objective
@@ -48,7 +47,8 @@ class Measured:
     size_bytes: int = 0
     macs_fraction: float | None = None
     sparsity: float | None = None
-    prune: ModifierResult | None = None
+    prune: Any = None
+    """``modifiers.one_shot.PruneResult`` of a pruned candidate (and of INT8 on it)."""
     int8: Any = None
     """``modifiers.int8.QuantizationResult`` of an INT8 candidate."""
     source: Measured | None = None
@@ -90,7 +90,7 @@ def _sizes(path: Path) -> tuple[int, int]:
     return stats.file_size_bytes, stats.compressed_size_bytes
 
 
-def _prune(inp: SearchInputs, family: str, amount: float) -> ModifierResult:
+def _prune(inp: SearchInputs, family: str, amount: float):
     from ..modifiers.one_shot import ChannelPruning, UnstructuredPruning
     from ..recipes.schema import ChannelPruningConfig, UnstructuredPruningConfig
 
@@ -105,10 +105,56 @@ def _prune(inp: SearchInputs, family: str, amount: float) -> ModifierResult:
     return modifier.finalize(state)
 
 
+def kernel_time_share(inp: SearchInputs) -> float | None:
+    """Share of the baseline's latency on the deployment target spent inside kernels, from
+    ``predict.profile_model``'s per-node profile; the rest (session, copies) does not shrink
+    when channels go. None when the profile cannot be taken."""
+    from ..predict import profile_model
+    from ..spec import DeployTarget
+
+    deploy = DeployTarget(device=inp.deploy_device, batch_size=inp.deploy_batch)
+    try:
+        profile = profile_model(inp.state.baseline, deploy, runs=5, seconds=0.5)
+    except Exception:  # the profile only prunes the search; without it every amount is tried
+        return None
+    return profile.node_ms / profile.latency_ms if profile.latency_ms > 0 else None
+
+
+def best_case_speedup(kernel_share: float, macs_removed: float) -> float:
+    """The most that removing ``macs_removed`` of the MACs can buy: every kernel's time shrinks
+    in proportion (weight layers and the elementwise ops on their channels alike), the time
+    outside kernels stays."""
+    return 1.0 / (1.0 - kernel_share * macs_removed)
+
+
+def _channel_amounts(inp: SearchInputs, notes: list[str]) -> tuple[float, ...]:
+    """The policy's channel amounts, less those that cannot be measurably faster than the
+    baseline even in the best case (speed objective only)."""
+    from ..report import MIN_SPEED_CHANGE
+
+    amounts = inp.policy.macs_reductions
+    if not amounts or inp.policy.objective is not Objective.speed:
+        return amounts
+    share = kernel_time_share(inp)
+    if share is None:
+        return amounts
+    kept = tuple(a for a in amounts if best_case_speedup(share, a) >= 1.0 + MIN_SPEED_CHANGE)
+    if len(kept) < len(amounts):
+        skipped = [a for a in amounts if a not in kept]
+        notes.append(
+            f"predict: kernels are {share:.0%} of the baseline's latency on the deployment target, so "
+            f"removing {max(skipped):.0%} of the MACs can save at most "
+            f"{1 - 1 / best_case_speedup(share, max(skipped)):.1%}; channel amounts "
+            + ", ".join(f"{a:.0%}" for a in skipped)
+            + " were not built (they cannot be measurably faster)"
+        )
+    return kept
+
+
 def _pruning_candidates(inp: SearchInputs, deadline: float, notes: list[str]) -> list[Measured]:
     state, policy = inp.state, inp.policy
     found: list[Measured] = []
-    families = (("channels", policy.macs_reductions), ("unstructured", policy.sparsities))
+    families = (("channels", _channel_amounts(inp, notes)), ("unstructured", policy.sparsities))
     for family, amounts in families:
         for amount in amounts:
             if time.perf_counter() > deadline:
@@ -116,10 +162,10 @@ def _pruning_candidates(inp: SearchInputs, deadline: float, notes: list[str]) ->
                 break
             result = _prune(inp, family, amount)
             notes.extend(n for n in result.notes if n not in notes)
-            if result.info.get("channels_rejected"):
+            if result.rejected:
                 notes.append(f"channel pruning at {amount:.0%} of MACs lost too much to be measured further")
                 break
-            kept = result.info.get("achieved_macs_fraction")
+            kept = result.achieved_macs_fraction
             if family == "channels" and kept is not None and kept > 1.0 - MIN_MACS_REMOVED:
                 notes.append(
                     f"channel pruning removed {1 - kept:.1%} of the MACs at the {amount:.0%} target: this "
@@ -139,8 +185,8 @@ def _pruning_candidates(inp: SearchInputs, deadline: float, notes: list[str]) ->
                     tune=assessment,
                     size_bytes=size,
                     compressed_bytes=gz,
-                    macs_fraction=result.info.get("achieved_macs_fraction"),
-                    sparsity=result.info.get("achieved_sparsity"),
+                    macs_fraction=result.achieved_macs_fraction,
+                    sparsity=result.achieved_sparsity,
                     prune=result,
                 )
             )

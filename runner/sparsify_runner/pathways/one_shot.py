@@ -14,15 +14,16 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..context import RunContext
 from ..errors import InputError
+from ..quant_format import resolve_quant_format
 from ..recipes.levels import OutcomePolicy
 from ..report import LayerReport, Report
-from ..speedup import ChannelCounts, explain_speedup
+from ..speedup import explain_speedup
 
 MODEL_FILE = "model.onnx"
 MIN_ACCEPT_SAMPLES = 8
@@ -79,8 +80,7 @@ def _plan(ctx: RunContext) -> _Plan:
         sparsity=recipe.sparsity,
         macs_reduction=recipe.macs_reduction,
     )
-    fmt = recipe.quant_format or exp.deploy.quant_format
-    return _Plan(recipe, policy, method, "qdq" if fmt == "auto" else fmt)
+    return _Plan(recipe, policy, method, resolve_quant_format(exp.deploy, recipe.quant_format))
 
 
 def _samples(ctx: RunContext, plan: _Plan, inputs, detector: bool) -> _Samples:
@@ -172,7 +172,7 @@ def _mode(chosen) -> str:
         return "baseline"
     if chosen.prune is None:
         return "quantization-only"
-    return "channels" if "channel_summary" in chosen.prune.info else "unstructured"
+    return chosen.prune.family
 
 
 def _merge_layers(final: list[LayerReport], pruned: list[LayerReport] | None) -> list[LayerReport]:
@@ -404,16 +404,15 @@ def _settings(exp, plan: _Plan, samples: _Samples, chosen) -> dict[str, Any]:
     """The effective settings: what the level asked for and what the chosen candidate is."""
     int8 = chosen.int8 if chosen is not None else None
     prune = chosen.prune if chosen is not None else None
-    info = prune.info if prune is not None else {}
     settings: dict[str, Any] = {
         "optim_level": float(exp.optim_level),
         "objective": plan.policy.objective.value,
         "max_accuracy_drop": plan.policy.max_accuracy_drop,
         "structure": exp.structure,
         "pruning_method": plan.method if prune is not None else None,
-        "achieved_sparsity": info.get("achieved_sparsity"),
-        "achieved_macs_fraction": info.get("achieved_macs_fraction"),
-        "channels": info.get("channels"),
+        "achieved_sparsity": None if prune is None else prune.achieved_sparsity,
+        "achieved_macs_fraction": None if prune is None else prune.achieved_macs_fraction,
+        "channels": None if prune is None or prune.channels is None else asdict(prune.channels),
         "quantize": int8 is not None,
         "quant_format": plan.quant_format if int8 is not None else None,
         "int8": None
@@ -434,14 +433,13 @@ def _speedup_source(report: Report, chosen, policy: OutcomePolicy) -> str:
             "the baseline model is returned unchanged: no candidate was both within the accuracy budget "
             "and faster on the deployment target"
         )
-    channel_info = chosen.prune.info.get("channel_summary") if chosen.prune is not None else None
     int8 = chosen.int8
     return explain_speedup(
         mode,
         report.speedup,
         int8=f"{int8.chosen}, onnxruntime integer kernels" if int8 is not None else None,
         sparsity=report.optimized.sparsity if mode == "unstructured" else 0.0,
-        channels=ChannelCounts(**channel_info) if channel_info else None,
+        channels=None if chosen.prune is None else chosen.prune.channels,
     )
 
 

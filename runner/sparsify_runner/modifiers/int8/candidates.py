@@ -40,6 +40,8 @@ class Candidate:
     note: str | None = None
     assessment: Assessment | None = None
     """Against the baseline, when the builder has the outcome search's judge."""
+    retimed: bool = False
+    """The speedup is from the side-by-side re-timing of the close contenders (``retime``)."""
 
 
 class CalibrationReader:
@@ -98,7 +100,7 @@ class CandidateBuilder:
         detection: bool = False,
         judge: Judge | None = None,
     ) -> None:
-        from onnxruntime.quantization import QuantFormat
+        from ...quant_format import onnxruntime_quant_format
 
         self.fp32_path, self.pre, self.work = fp32_path, pre, work
         self.calibration, self.holdout = calibration, holdout
@@ -107,7 +109,7 @@ class CandidateBuilder:
         self.scope: QuantScope = quant_scope(pre_model)
         """What a static candidate quantizes: every supported op, or for a graph with attention
         the weight layers only, with float outputs (``transformer.quant_scope``)."""
-        self.format = QuantFormat.QOperator if quant_format == "qoperator" else QuantFormat.QDQ
+        self.format = onnxruntime_quant_format(quant_format)
         self.bench_seconds = bench_seconds
         self.bar = bar
         self.detection = detection
@@ -240,6 +242,24 @@ class CandidateBuilder:
         self.bar.advance()
         log.info("candidate %s: fidelity %.4f speedup %.3f", name, c.score, c.speedup)
         return c
+
+
+    def retime(self, candidates: list[Candidate]) -> None:
+        """Time ``candidates`` again beside FP32 and each other, alternating in one session set,
+        and replace their speedups: one comparison for all, not one per build moment."""
+        from ...benchmark import measure_latency
+
+        stats = measure_latency(
+            [self.fp32_path, *[c.path for c in candidates]],
+            seconds=self.bench_seconds,
+            warmup=3,
+            min_iterations=10,
+        )
+        for c, st in zip(candidates, stats[1:], strict=True):
+            c.speedup = round(stats[0].median_ms / st.median_ms, 4)
+            c.latency_ms = st.median_ms
+            c.retimed = True
+        log.info("re-timed side by side: %s", ", ".join(f"{c.name} {c.speedup:.3f}x" for c in candidates))
 
 
 @contextlib.contextmanager

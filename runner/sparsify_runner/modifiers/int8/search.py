@@ -323,7 +323,13 @@ def finish(
             accuracy_drop=None if c.assessment is None else round(c.assessment.drop, 6),
             within_budget=None if c.assessment is None else c.assessment.within_budget,
             note="; ".join(
-                x for x in (c.note, f"{len(c.exclude)} node(s) in FP32" if c.exclude else None) if x
+                x
+                for x in (
+                    c.note,
+                    f"{len(c.exclude)} node(s) in FP32" if c.exclude else None,
+                    "re-timed beside the close contenders" if c.retimed else None,
+                )
+                if x
             )
             or None,
         )
