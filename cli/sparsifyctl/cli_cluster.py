@@ -21,6 +21,7 @@ from sparsify_operator import crd as crd_mod
 from sparsify_operator import jobs
 from sparsify_operator.models import API_VERSION, KIND, TERMINAL_PHASES
 from sparsify_runner.errors import InputError
+from sparsify_runner.spec import Experiment, ExperimentType, uri_scheme
 
 from .cli import app
 from .experiment_options import build_experiment, with_experiment_options
@@ -64,9 +65,64 @@ def _read_quantity(flag: str, value: str | None) -> str | None:
     return value
 
 
+def default_gpus(exp: Experiment) -> int:
+    """``--gpus`` when not given: 0 for a one-shot with a CPU deploy target (calibration,
+    pruning and INT8 run on onnxruntime/numpy on the CPU the model is benchmarked on), else 1
+    (training pathways; a cuda deploy target is benchmarked on its GPU)."""
+    return 0 if exp.type == ExperimentType.one_shot and exp.deploy.device == "cpu" else 1
+
+
+_STORE = "s3://BUCKET/PATH (or an https:// URL)"
+
+
+def check_cluster_uris(exp: Experiment, flags: dict[str, Any]) -> None:
+    """InputError naming the flag when an input or the output is not something a cluster Job
+    can reach: local paths, and names (``resnet50``, ``imagenette``), which only ``sparsifyctl
+    run`` resolves (the operator accepts s3:// and https:// inputs, an s3:// output)."""
+    from sparsify_runner.named import is_name
+
+    if uri_scheme(exp.output) != "s3":
+        if flags.get("working_dir") is not None:
+            raise InputError(
+                f"--working-dir '{flags['working_dir']}' must be an s3:// prefix in a cluster (a Job cannot "
+                "write to this machine's folders); pass --working-dir s3://BUCKET/RUNS"
+            )
+        if flags.get("output") is None:
+            raise InputError(
+                "--output is missing: in a cluster it must be an s3:// prefix the Job writes model.onnx "
+                "and report.json to (e.g. --output s3://BUCKET/runs/exp1)"
+            )
+        raise InputError(
+            f"--output '{exp.output}' must be an s3:// prefix in a cluster (a Job cannot write to this "
+            "machine's folders); pass --output s3://BUCKET/PREFIX"
+        )
+    for field, flag, what in (
+        ("model", "--model", "model"),
+        ("data", "--data", "dataset"),
+        ("teacher", "--teacher", "model"),
+        ("recipe", "--recipe", None),
+        ("catalog", "--catalog", None),
+    ):
+        value = getattr(exp, field)
+        if value is None or uri_scheme(value) in jobs.CLUSTER_SCHEMES:
+            continue
+        if what is not None and is_name(value):
+            raise InputError(
+                f"{flag} '{value}' is a {what} name; names (resnet50, bert-base-uncased, imagenette) are not "
+                f"supported on a cluster yet, only by `sparsifyctl run` on this machine: put the {what} in "
+                f"object storage and pass {flag} {_STORE}"
+            )
+        raise InputError(
+            f"{flag} '{value}' is a local path, which a cluster Job cannot read; upload it to object "
+            f"storage and pass {flag} {_STORE}"
+        )
+
+
 def build_manifest(experiment_type: str, flags: dict[str, Any], **opts: Any) -> dict[str, Any]:
-    """Flags -> a validated SparsifyExperiment manifest (raises InputError with one line)."""
+    """Flags -> a validated SparsifyExperiment manifest (raises InputError with one line).
+    ``gpus`` None (or absent): :func:`default_gpus`."""
     exp = build_experiment(experiment_type, **flags)
+    check_cluster_uris(exp, flags)
     wire = exp.to_wire()
     name = opts.get("name") or exp.name
     if name:
@@ -74,7 +130,8 @@ def build_manifest(experiment_type: str, flags: dict[str, Any], **opts: Any) -> 
     else:
         digest = hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:6]
         meta_name = _dns_name(f"{exp.type.value}-{exp.use_case}")[:56] + f"-{digest}"
-    spec: dict[str, Any] = {"experiment": wire, "gpus": opts.get("gpus", 1)}
+    gpus = opts.get("gpus")
+    spec: dict[str, Any] = {"experiment": wire, "gpus": default_gpus(exp) if gpus is None else gpus}
     for key, opt in (("image", "image"), ("queueName", "queue"), ("priorityClassName", "priority_class")):
         if opts.get(opt):
             spec[key] = opts[opt]
@@ -130,14 +187,31 @@ def _dump(doc: Any, fmt: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+_GENERATE_HELP = {
+    "model": "Model URI the Job downloads: s3://... or https://... (ONNX for one-shot); local paths and "
+    "names such as resnet50 work only with `sparsifyctl run`.",
+    "data": "Dataset URI: an s3:// prefix or https:// archive; local folders and names such as imagenette "
+    "work only with `sparsifyctl run`.",
+    "teacher": "Distillation teacher URI, s3:// or https:// (default: the dense model).",
+    "recipe": "Recipe YAML URI, s3:// or https://, overriding the optim-level recipe.",
+    "catalog": "Sparse-transfer base-model catalog URI, s3:// or https://.",
+    "output": "Required (or --working-dir): the s3:// prefix the Job writes model.onnx and report.json to.",
+    "working_dir": "An s3:// prefix; the Job writes to PREFIX/<name> (the original's working dir); "
+    "not with --output.",
+}
+
+
 @app.command("generate")
-@with_experiment_options
+@with_experiment_options(help_for=_GENERATE_HELP)
 def generate_command(
     experiment_type: str = typer.Argument(
         ..., help="one-shot, sparse-transfer or training-aware; serve: a KServe InferenceService"
     ),
     gpus: int | None = typer.Option(
-        None, "--gpus", help="GPUs (nvidia.com/gpu); 0 = CPU (default 1; serve: 1 for a cuda deploy target)."
+        None,
+        "--gpus",
+        help="GPUs (nvidia.com/gpu); 0 = CPU. Default: 0 for one-shot with a cpu deploy target, 1 for "
+        "the training types or a cuda target (serve: 1 for a cuda deploy target).",
     ),
     queue: str | None = typer.Option(None, "--queue", help="Kueue LocalQueue name."),
     image: str | None = typer.Option(None, "--image", help="Runner image (default: the operator's)."),
@@ -210,7 +284,7 @@ def generate_command(
         manifest = build_manifest(
             experiment_type,
             flags or {},
-            gpus=1 if gpus is None else gpus,
+            gpus=gpus,
             queue=queue,
             image=image,
             namespace=namespace,

@@ -119,7 +119,8 @@ def compare_command(
         None, "--context", help="Kube context for NAMESPACE/NAME runs (default: current)."
     ),
 ) -> None:
-    """Side-by-side table of several runs (accuracy, latency, speedup, size, sparsity, INT8 choice)."""
+    """Side-by-side table of several runs, one column per experiment name (accuracy, median latency,
+    speedup, size, sparsity when pruned, INT8 choice)."""
     from sparsify_runner.cli import fail
     from sparsify_runner.errors import SparsifyError
 
@@ -177,4 +178,8 @@ def _print_compare(records: list[Any], rows: list[tuple[str, list[str]]]) -> Non
         table.add_column(record.label, justify="right", overflow="fold")
     for label, cells in rows:
         table.add_row(label, *cells)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for record in records:  # columns are named by experiment: say where each came from
+        if record.source and record.source != record.label:
+            console.print(f"{record.label}: {record.source}", overflow="fold", highlight=False)

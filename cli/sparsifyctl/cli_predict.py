@@ -86,7 +86,13 @@ def predict_command(
     _print(result)
 
 
+# shorter headers for the terminal (the rows' keys stay the dashboard's column names)
+_SHORT = {"latency ms": "ms", "without INT8": "no INT8"}
+
+
 def _print(result) -> None:
+    """The profile and one prediction table per structure, narrow enough for an 80-column
+    terminal; a cell that still does not fit folds onto a second line, never cut with '…'."""
     from rich.console import Console
     from rich.table import Table
 
@@ -94,11 +100,12 @@ def _print(result) -> None:
     d = result.deploy
     console.print(
         f"model: {result.model}   target: onnxruntime {result.onnxruntime} {d.device}, "
-        f"batch {d.batch_size}   baseline: {result.baseline_latency_ms:.3f} ms"
+        f"batch {d.batch_size}   baseline: {result.baseline_latency_ms:.3f} ms",
+        overflow="fold",
     )
     where = Table(title="where the baseline spends its time", title_justify="left")
-    for col in ("layer kind", "nodes", "time share", "INT8 factor (measured)"):
-        where.add_column(col, justify="left" if col == "layer kind" else "right")
+    for col in ("layer kind", "nodes", "time", "INT8 factor (measured)"):
+        where.add_column(col, justify="left" if col == "layer kind" else "right", overflow="fold")
     for k in result.kinds:
         factor = (
             f"{k.int8_factor:.2f}x ({k.int8_low:.2f}-{k.int8_high:.2f})" if k.int8_factor is not None else "-"
@@ -106,16 +113,22 @@ def _print(result) -> None:
         where.add_row(k.label, str(k.nodes), f"{k.share:.1%}", factor)
     console.print(where)
     rows = result.rows()
-    table = Table(title="predicted on the target", title_justify="left")
-    for col in rows[0]:
-        if col != "pathways":
-            table.add_column(col, justify="left" if col == "structure" else "right")
-    for row in rows:
-        table.add_row(*(v for k, v in row.items() if k != "pathways"))
-    console.print(table)
+    for structure in dict.fromkeys(row.get("structure", "") for row in rows):
+        table = Table(title=f"predicted on the target: {structure} pruning", title_justify="left")
+        keys = [k for k in rows[0] if k not in ("pathways", "structure")]
+        for key in keys:
+            table.add_column(_SHORT.get(key, key), justify="right", overflow="fold")
+        for row in rows:
+            if row.get("structure", "") == structure:
+                table.add_row(*(row[k] for k in keys))
+        console.print(table)
     delivered = {p.structure: ", ".join(p.pathways) for p in result.points if p.sparsity or p.macs_reduction}
     for structure, ways in delivered.items():
-        console.print(f"{structure} pruning today: {ways}")
+        console.print(f"{structure} pruning today: {ways}", overflow="fold")
     for note in result.notes:
-        console.print(f"note: {note}")
-    console.print("per-point assumptions: --json; unstructured sparsity counts x1.0 on onnxruntime")
+        console.print(f"note: {note}", overflow="fold")
+    console.print(
+        "ms: predicted latency per batch; no INT8: the pruning alone. Per-point assumptions: --json; "
+        "unstructured sparsity counts x1.0 on onnxruntime",
+        overflow="fold",
+    )

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from sparsify_runner.errors import InputError, SparsifyError
 from sparsify_runner.report import Report
+from sparsify_runner.summary import format_size, pruning_applied
 
 REPORT_FILE = "report.json"
 SWEEP_FILE = "sweep.json"
@@ -188,10 +189,23 @@ def _fill_report(record: RunRecord, uri: str | None, failure: str | None = None)
         record.error = str(err)
 
 
+def experiment_name(report: Report | None) -> str | None:
+    """The run's experiment name (``--name``, the CR's name in a cluster), if it has one."""
+    if report is None:
+        return None
+    name = (report.experiment or {}).get("name")
+    return (str(name).strip() or None) if name is not None else None
+
+
+def _named(source: str, where: str, report: Report) -> RunRecord:
+    """A record labelled by its experiment name, else by ``source`` (the folder/URI given)."""
+    return RunRecord(label=experiment_name(report) or source, source=where, report=report)
+
+
 def _load_location(source: str, loc: _Folder | _Prefix) -> list[RunRecord]:
     data = loc.read(REPORT_FILE)
     if data is not None:
-        return [RunRecord(label=source, source=loc.uri_for(REPORT_FILE), report=_parse_report(data, source))]
+        return [_named(source, loc.uri_for(REPORT_FILE), _parse_report(data, source))]
     sweep = loc.read(SWEEP_FILE)
     if sweep is not None:
         try:
@@ -209,7 +223,7 @@ def _load_location(source: str, loc: _Folder | _Prefix) -> list[RunRecord]:
             continue
         run = rel.rsplit("/", 1)[0]
         label = f"{source.rstrip('/')}/{run}"
-        records.append(RunRecord(label=label, source=loc.uri_for(rel), report=_parse_report(text, label)))
+        records.append(_named(label, loc.uri_for(rel), _parse_report(text, label)))
     return records
 
 
@@ -219,7 +233,7 @@ def _load_local(source: str) -> list[RunRecord]:
         return _load_location(source, _Folder(path))
     if path.is_file():
         data = _Folder(path.parent).read(path.name)
-        return [RunRecord(label=source, source=str(path), report=_parse_report(data or b"", source))]
+        return [_named(source, str(path), _parse_report(data or b"", source))]
     raise InputError(f"report '{path}' does not exist; {_SOURCES_HINT}")
 
 
@@ -229,7 +243,7 @@ def _load_s3(source: str) -> list[RunRecord]:
         data = _Prefix(parent).read(name)
         if data is None:
             raise InputError(f"report '{source}' does not exist; check the bucket and key")
-        return [RunRecord(label=source, source=source, report=_parse_report(data, source))]
+        return [_named(source, source, _parse_report(data, source))]
     return _load_location(source, _Prefix(source))
 
 
@@ -298,7 +312,9 @@ class _Cluster:
 
 def load_runs(sources: list[str], *, context: str | None = None) -> list[RunRecord]:
     """Every source resolved to one or more RunRecords, in order; InputError (one line)
-    when a source names nothing. Labels are made unique (``label (2)``)."""
+    when a source names nothing. A run is labelled by its experiment name (``--name``; a
+    sweep point's or cluster experiment's own name), else by the folder/URI it came from;
+    labels are made unique (``label (2)``)."""
     cluster = _Cluster(context)
     records: list[RunRecord] = []
     for source in sources:
@@ -323,7 +339,7 @@ def _load_http(source: str) -> list[RunRecord]:
     from sparsify_runner import storage
 
     path = storage.fetch(source, what="report", show_progress=False)
-    return [RunRecord(label=source, source=source, report=_parse_report(path.read_bytes(), source))]
+    return [_named(source, source, _parse_report(path.read_bytes(), source))]
 
 
 # ---- side by side ------------------------------------------------------------------------------
@@ -370,8 +386,8 @@ _ROWS: list[tuple[str, Callable[[Report], str]]] = [
     ("optimized accuracy", lambda r: _pct(r.optimized.accuracy)),
     ("accuracy change", _delta),
     ("fidelity", _fid),
-    ("baseline latency", lambda r: _lat(r.baseline.latency, "mean_ms")),
-    ("optimized latency", lambda r: _lat(r.optimized.latency, "mean_ms")),
+    ("baseline latency (median)", lambda r: _lat(r.baseline.latency, "median_ms")),
+    ("optimized latency (median)", lambda r: _lat(r.optimized.latency, "median_ms")),
     ("optimized latency p90", lambda r: _lat(r.optimized.latency, "p90_ms")),
     (
         "throughput",
@@ -380,10 +396,10 @@ _ROWS: list[tuple[str, Callable[[Report], str]]] = [
         ),
     ),
     ("speedup", lambda r: f"{r.speedup:.2f}x" if r.speedup else "-"),
-    ("baseline size", lambda r: f"{r.baseline.file_size_bytes / 1e6:.2f} MB"),
-    ("file size", lambda r: f"{r.optimized.file_size_bytes / 1e6:.2f} MB"),
-    ("gzip size", lambda r: f"{r.optimized.compressed_size_bytes / 1e6:.2f} MB"),
-    ("sparsity", lambda r: _pct(r.optimized.sparsity)),
+    ("baseline size", lambda r: format_size(r.baseline.file_size_bytes)),
+    ("file size", lambda r: format_size(r.optimized.file_size_bytes)),
+    ("gzip size", lambda r: format_size(r.optimized.compressed_size_bytes)),
+    ("sparsity", lambda r: _pct(r.optimized.sparsity) if pruning_applied(r) else "-"),
     ("INT8 choice", lambda r: next((c.name for c in r.candidates if c.chosen), "-")),
     ("wall time", _wall),
 ]
@@ -425,7 +441,7 @@ def _quality(records: list[RunRecord]) -> tuple[str, Callable[[RunRecord], float
 
 
 def _latency_ms(r: RunRecord) -> float | None:
-    return r.report.optimized.latency.mean_ms if r.report and r.report.optimized.latency else None
+    return r.report.optimized.latency.median_ms if r.report and r.report.optimized.latency else None
 
 
 def _size_mb(r: RunRecord) -> float | None:
@@ -453,22 +469,24 @@ def _headline(r: Report) -> dict[str, Any]:
         "baselineAccuracy": r.baseline.accuracy,
         "optimizedAccuracy": r.optimized.accuracy,
         "fidelity": fidelity_of(r),
-        "baselineLatencyMs": r.baseline.latency.mean_ms if r.baseline.latency else None,
-        "optimizedLatencyMs": lat.mean_ms if lat else None,
+        "baselineLatencyMs": r.baseline.latency.median_ms if r.baseline.latency else None,
+        "optimizedLatencyMs": lat.median_ms if lat else None,
         "optimizedLatencyP90Ms": lat.p90_ms if lat else None,
         "throughputItemsPerS": lat.throughput_items_per_s if lat else None,
         "speedup": r.speedup,
         "baselineSizeBytes": r.baseline.file_size_bytes,
         "optimizedSizeBytes": r.optimized.file_size_bytes,
         "compressedSizeBytes": r.optimized.compressed_size_bytes,
-        "sparsity": r.optimized.sparsity,
+        "sparsity": r.optimized.sparsity if pruning_applied(r) else None,
         "int8Choice": next((c.name for c in r.candidates if c.chosen), None),
         "wallTimeS": r.timings_s.get("total"),
     }
 
 
 def compare_json(records: list[RunRecord]) -> dict[str, Any]:
-    """The comparison for scripts: per run its headline numbers and full report, plus the fronts."""
+    """The comparison for scripts: per run its headline numbers and full report, plus the fronts.
+    Latencies are medians (``baselineLatencyMs``/``optimizedLatencyMs``, as in the termination
+    message and the speedup); ``sparsity`` is null when the run applied no pruning."""
     return {
         "runs": [
             {
@@ -511,7 +529,7 @@ def compare_html(records: list[RunRecord]) -> str:
     y_format = "{:.1%}" if metric == "accuracy" else "{:.3f}"
     plots = []
     for key, cost, x_label in (
-        ("latency", _latency_ms, "optimized latency (ms per batch, mean)"),
+        ("latency", _latency_ms, "optimized latency (ms per batch, median)"),
         ("size", _size_mb, "optimized model file (MB)"),
     ):
         points = [(cost(r), quality(r), r.label) for r in records]
@@ -535,8 +553,8 @@ def compare_html(records: list[RunRecord]) -> str:
     title = f"Sparsify compare: {len(records)} run(s)"
     page = (
         f'<header><h1>{e(title)}</h1><p class="sub">Quality axis: {e(metric)} '
-        "(accuracy when every run has labels, else fidelity to its baseline). Lower latency/size and "
-        "higher quality are better.</p></header>"
+        "(accuracy when every run has labels, else fidelity to its baseline). Latencies are medians "
+        "per batch, as is the speedup. Lower latency/size and higher quality are better.</p></header>"
         f'<section id="table"><h2>Side by side</h2>{table}</section>' + "".join(plots)
     )
     return html_document(title, page)

@@ -7,6 +7,7 @@ the CLI level so that pydantic reports a missing or bad value as one line naming
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import json
@@ -177,14 +178,27 @@ def build_experiment(experiment_type: str, **flags: Any) -> Experiment:
     return _validate({k: v for k, v in data.items() if v is not None})
 
 
-def with_experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def with_experiment_options(
+    func: Callable[..., Any] | None = None, *, help_for: dict[str, str] | None = None
+) -> Any:
     """Decorate a typer command whose signature has ``experiment_type: str`` and
     ``flags: dict``: the shared experiment flags are added to its CLI signature and
-    collected into ``flags`` (call ``build_experiment(experiment_type, **flags)``)."""
+    collected into ``flags`` (call ``build_experiment(experiment_type, **flags)``).
+
+    ``help_for`` (``@with_experiment_options(help_for={"output": ...})``) replaces the help
+    text of some flags for this command only (``generate``'s inputs and output must be
+    object-storage URIs, so ``run``'s "default: the current folder" would be wrong there)."""
+    if func is None:
+        return functools.partial(with_experiment_options, help_for=help_for)
     sig = inspect.signature(func)
     own = [p for name, p in sig.parameters.items() if name != "flags"]
     shared = [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=_with_help(option, (help_for or {}).get(name)),
+            annotation=annotation,
+        )
         for name, (annotation, option) in EXPERIMENT_PARAMS.items()
     ]
 
@@ -195,3 +209,12 @@ def with_experiment_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.__signature__ = sig.replace(parameters=own + shared)  # type: ignore[attr-defined]
     return wrapper
+
+
+def _with_help(option: Any, text: str | None) -> Any:
+    """The shared option, or a copy of it with another help text (the shared one is unchanged)."""
+    if text is None:
+        return option
+    other = copy.copy(option)
+    other.help = text
+    return other

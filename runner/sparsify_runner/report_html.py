@@ -241,7 +241,8 @@ def _summary(report: Report) -> str:
         ]
     )
     rows.append(["parameters", _num(b.parameters), _num(o.parameters), ""])
-    rows.append(["sparsity", _pct(b.sparsity), _pct(o.sparsity), ""])
+    if report.mode in ("unstructured", "channels"):  # INT8-only zeros are rounding, not a result
+        rows.append(["sparsity", _pct(b.sparsity), _pct(o.sparsity), ""])
     if b.flops or o.flops:
         rows.append(["MACs / sample", _num(b.flops), _num(o.flops), ""])
     chosen = next((c.name for c in report.candidates if c.chosen), None)
@@ -296,7 +297,7 @@ def _speedup_source(report: Report) -> str:
     if chosen is not None:
         what = "candidate" if report.policy else "INT8 variant"
         facts.append(f"{what} in the returned model: {chosen.name}")
-    if report.optimized.sparsity:
+    if report.optimized.sparsity and report.mode in ("unstructured", "channels"):
         kind = "structured (removed channels/heads)" if report.mode == "channels" else "unstructured (zeros)"
         facts.append(f"sparsity: {report.optimized.sparsity:.1%} {kind}")
     items = "".join(f"<li>{_e(f)}</li>" for f in facts)

@@ -8,8 +8,40 @@ from rich.table import Table
 from .report import Report
 
 
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
+def format_size(n: int | float | None) -> str:
+    """Bytes in the unit that keeps the significant digits (decimal units, as the MB figures
+    always were): ``812 B``, ``45.3 KB``, ``2.41 MB``, ``1.20 GB``; a 100 KB model is never
+    "0.10 MB" next to "0.03 MB"."""
+    if n is None:
+        return "-"
+    if n < 1000:
+        return f"{int(n)} B"
+    if n < 999_950:  # below what .1f would round up to "1000.0 KB"
+        return f"{n / 1e3:.1f} KB"
+    if n < 999_995_000:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e9:.2f} GB"
+
+
+_mb = format_size
+
+
+PRUNING_MODES = ("unstructured", "channels")
+
+
+def pruning_applied(report: Report) -> bool:
+    """Whether the returned model was pruned: only then is its sparsity a result (an INT8-only
+    model has a few weights rounded to zero, which is not sparsity anyone chose)."""
+    return report.mode in PRUNING_MODES
+
+
+# --eval-metric -> (row label, ModelStats field) of the headline metric the user chose
+CHOSEN_METRIC_ROWS = {"f1": ("macro F1 (held-out)", "f1"), "recall": ("macro recall (held-out)", "recall")}
+
+
+def chosen_metric(report: Report) -> str:
+    """The --eval-metric of the run (``auto`` for reports that do not say)."""
+    return str((report.experiment or {}).get("evalMetric") or "auto")
 
 
 def _pct(x: float | None) -> str:
@@ -43,6 +75,23 @@ def _map(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.2f}"
 
 
+def _headline_metric(report: Report) -> tuple[str, float | None, float | None] | None:
+    """(label, baseline, optimized) of the labelled metric the user chose with --eval-metric:
+    macro F1 / recall when chosen (and measured), accuracy for auto/accuracy; None when that
+    metric was not measured or the choice was fidelity / mAP (their own rows follow)."""
+    b, o = report.baseline, report.optimized
+    metric = chosen_metric(report)
+    if metric in CHOSEN_METRIC_ROWS:
+        label, key = CHOSEN_METRIC_ROWS[metric]
+        if getattr(b, key) is not None or getattr(o, key) is not None:
+            return label, getattr(b, key), getattr(o, key)
+    elif metric not in ("auto", "accuracy"):
+        return None
+    if b.accuracy is None and o.accuracy is None:
+        return None
+    return "accuracy (held-out)", b.accuracy, o.accuracy
+
+
 def summary_table(report: Report) -> Table:
     b, o = report.baseline, report.optimized
     title = f"{report.experiment.get('type', 'experiment')} · mode {report.mode}"
@@ -51,11 +100,11 @@ def summary_table(report: Report) -> Table:
     table.add_column("baseline", justify="right")
     table.add_column("optimized", justify="right")
     table.add_column("change", justify="right")
-    if b.accuracy is not None or o.accuracy is not None:
-        delta = (
-            "" if b.accuracy is None or o.accuracy is None else f"{(o.accuracy - b.accuracy) * 100:+.2f} pt"
-        )
-        table.add_row("accuracy (held-out)", _pct(b.accuracy), _pct(o.accuracy), delta)
+    headline = _headline_metric(report)
+    if headline is not None:
+        label, before, after = headline
+        delta = "" if before is None or after is None else f"{(after - before) * 100:+.2f} pt"
+        table.add_row(label, _pct(before), _pct(after), delta)
     for label, key in MAP_ROWS:
         before, after = getattr(b, key), getattr(o, key)
         if before is not None or after is not None:
@@ -86,7 +135,8 @@ def summary_table(report: Report) -> Table:
         _size_change(b.compressed_size_bytes, o.compressed_size_bytes),
     )
     table.add_row("parameters", _count(b.parameters), _count(o.parameters), "")
-    table.add_row("sparsity", _pct(b.sparsity), _pct(o.sparsity), "")
+    if pruning_applied(report):
+        table.add_row("sparsity", _pct(b.sparsity), _pct(o.sparsity), "")
     if b.flops or o.flops:
         table.add_row("MACs / sample", _count(b.flops), _count(o.flops), "")
     return table

@@ -14,6 +14,7 @@ import yaml
 from fastapi.testclient import TestClient
 from sparsify_runner.report import Report
 from sparsify_runner.report_html import SECTION_IDS
+from sparsify_runner.summary import format_size
 from sparsifyctl.compare import compare_html, load_runs
 from sparsifyctl.dashboard.app import TOKEN_COOKIE, TOKEN_HEADER, create_app
 
@@ -46,7 +47,7 @@ def test_list_shows_runs_sweep_and_headline_numbers(client, runs_root):
         rep = _report(runs_root / name)
         row = page.text.split(f'data-key="0/{name}"', 1)[1].split("</tr>", 1)[0]
         assert f"{rep.speedup:.2f}x" in row
-        assert f"{rep.optimized.file_size_bytes / 1e6:.2f} MB" in row
+        assert f'data-col="size">{format_size(rep.optimized.file_size_bytes)}<' in row
         assert f">{rep.mode}<" in row
         assert "phase-Succeeded" in row
     sweep_row = page.text.split('data-key="0/sw"', 1)[1].split("</tr>", 1)[0]
@@ -54,7 +55,7 @@ def test_list_shows_runs_sweep_and_headline_numbers(client, runs_root):
     assert sweep["summary"] in sweep_row and ">2/2<" in sweep_row.replace(" ", "")
     # the sweep's points carry the sweep's name
     point_row = page.text.split('data-key="0/sw/optim-020-u"', 1)[1].split("</tr>", 1)[0]
-    assert "<td>sw</td>" in point_row
+    assert '<span class="sweep">sw</span>' in point_row
 
 
 def test_run_page_serves_the_runs_html_report(client, runs_root):
@@ -271,7 +272,18 @@ def test_predict_page_renders_the_prediction(client, tiny_model):
     assert [c["structure"] for c in cells] == ["unstructured", "unstructured", "channels", "channels"]
     assert [list(c.values())[0] for c in cells] == ["0", "0.5", "0", "0.5"]  # the level column first
     assert cells[0]["speedup"] == "1.00x"  # level 0 is the baseline
-    assert len(re.findall(r"<li>", resp.text.split('id="assumptions"', 1)[1].split("</ul>", 1)[0])) == 4
+    # each assumption once per page, with the points it applies to (not the INT8 paragraph per row)
+    listed = resp.text.split('id="assumptions"', 1)[1].split("</ul>", 1)[0]
+    items = [html.unescape(i) for i in re.findall(r"<li>(.*?)</li>", listed, re.S)]
+    texts = [i.split("</strong>: ", 1)[1] for i in items]
+    assert len(texts) == len(set(texts)) >= 2, items
+    page_text = html.unescape(resp.text)
+    for text in texts:
+        assert page_text.count(text) == 1, text
+    # the INT8 paragraph both 0.5 points share: once, naming both
+    assert page_text.count("sped up by the factors measured") == 1
+    int8 = next(i for i in items if "sped up by the factors measured" in i)
+    assert "0.5 / unstructured, 0.5 / channels" in int8
 
 
 @pytest.mark.parametrize(

@@ -135,10 +135,10 @@ def test_serve_flags_belong_to_serve(capsys):
     flags = ["--use-case", "ic", "--model", "s3://m/m.onnx", "--data", "s3://d/", "--output", "s3://o/x"]
     code, stdout, err = run_cli(["generate", "one-shot", *flags, "--runtime", "x"], capsys)
     assert code == 2 and err.strip() == "error: --runtime applies only to `generate serve`"
-    # experiments keep their default of one GPU
+    # experiments keep their own default (a one-shot for a CPU deploy target: no GPU)
     code, stdout, err = run_cli(["generate", "one-shot", *flags], capsys)
     assert code == 0, err
-    assert yaml.safe_load(stdout)["spec"]["gpus"] == 1
+    assert yaml.safe_load(stdout)["spec"]["gpus"] == 0
 
 
 def test_unreachable_storage_still_generates_silently(monkeypatch, capsys, kserve_sdk):

@@ -26,7 +26,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import forms
-from .sources import HEADLINE, ClusterTarget, Entry, NotAvailable, Sources, optional_module, point_cells
+from .sources import (
+    HEADLINE,
+    LIST_NUMBERS,
+    ClusterTarget,
+    Entry,
+    NotAvailable,
+    Sources,
+    optional_module,
+    point_cells,
+)
 
 HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "sparsify_dashboard_token"
@@ -73,7 +82,7 @@ def create_app(
     (None: any; the CLI passes the loopback names when it binds to loopback)."""
     sources = Sources(runs=list(runs or []), cluster=cluster)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.globals.update(headline=HEADLINE, cluster_on=cluster is not None)
+    templates.env.globals.update(headline=HEADLINE, list_numbers=LIST_NUMBERS, cluster_on=cluster is not None)
     app = FastAPI(title="sparsify dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sources = sources
 
@@ -178,7 +187,8 @@ def create_app(
         has_report = record is not None and record.report is not None
         like = ""
         if has_report:
-            like = urlencode(forms.values_from_experiment(record.report.experiment or {}))
+            folder = Path(entry.source) if entry.origin == "local" else None
+            like = urlencode(forms.values_from_experiment(record.report.experiment or {}, folder))
         return page(
             request,
             "run.html",
@@ -283,6 +293,7 @@ def create_app(
             values=values,
             errors=errors,
             prediction=prediction,
+            assumptions=assumption_groups(prediction.points) if prediction is not None else [],
             models=predict_models(),
             devices=forms.BY_NAME["deploy_device"].choices,
             structure_choices=forms.BY_NAME["structure"].choices,
@@ -398,6 +409,48 @@ def create_app(
         return new_form(request, result, result.values, applied=applied)
 
     return app
+
+
+def _clauses(text: str) -> list[str]:
+    """A point's assumptions split at its top-level '; ' (not inside parentheses)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == ";" and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def assumption_groups(points: list[Any]) -> list[tuple[list[str], str]]:
+    """The points' assumptions with each paragraph once per page: a run of two or more
+    clauses that several points share word for word (the INT8 paragraph of every INT8 level,
+    the channel-pruning model of every pruning level) is one item listing its points; what is
+    left of a point is its own item (points whose rest is the same text share it). Items come
+    in the order first met, as ``(["0.5 / channels", ...], text)``."""
+    clauses = {f"{p.optim_level:g} / {p.structure}": _clauses(p.assumptions) for p in points}
+    where: dict[str, list[str]] = {}
+    for label, texts in clauses.items():
+        for text in dict.fromkeys(texts):
+            where.setdefault(text, []).append(label)
+    groups: dict[str, list[str]] = {}
+    for label, texts in clauses.items():
+        runs: list[tuple[tuple[str, ...], list[str]]] = []
+        for text in texts:  # consecutive clauses shared by the same points form one run
+            key = tuple(where[text])
+            if runs and runs[-1][0] == key:
+                runs[-1][1].append(text)
+            else:
+                runs.append((key, [text]))
+        own = [text for key, run in runs if not (len(key) > 1 and len(run) > 1) for text in run]
+        for key, run in runs:  # in the point's own order; its own clauses as one item
+            if len(key) > 1 and len(run) > 1:
+                groups.setdefault("; ".join(run), list(key))
+            elif own:
+                groups.setdefault("; ".join(own), []).append(label)
+                own = []
+    return [(labels, text) for text, labels in groups.items()]
 
 
 def _apply(cluster: ClusterTarget, manifest: dict[str, Any]) -> tuple[str | None, str, str | None]:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import shlex
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 from sparsify_runner.errors import InputError
-from sparsify_runner.spec import USE_CASE_ALIASES, DeployTarget, Experiment, ExperimentType
+from sparsify_runner.spec import USE_CASE_ALIASES, DeployTarget, Experiment, ExperimentType, uri_scheme
 
 from .. import cli_cluster
 from ..experiment_options import EXPERIMENT_PARAMS, build_experiment
@@ -122,8 +124,59 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def values_from_experiment(wire: dict[str, Any]) -> dict[str, str]:
-    """A run's experiment (report.json / CR wire form) as form values: "new experiment like this"."""
+# experiment fields that hold a path or URI (relative local paths are made absolute)
+PATH_FIELDS = ("model", "data", "teacher", "recipe", "catalog", "output")
+
+
+def _launch_folder(run_folder: Path, output: Any) -> Path | None:
+    """The folder ``sparsifyctl run`` was started in: the run folder minus the relative
+    ``--output`` it was given (``runs/a`` in ``/home/u/proj/runs/a`` -> ``/home/u/proj``;
+    the default ``.`` -> the run folder itself). None when the output does not tell (an
+    absolute or s3:// output, or a folder that was moved since)."""
+    if not isinstance(output, str) or uri_scheme(output) != "file" or "://" in output:
+        return None
+    rel = Path(os.path.normpath(output))
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    parts = () if str(rel) == "." else rel.parts
+    folder = Path(os.path.abspath(run_folder))
+    if not parts:
+        return folder
+    if len(folder.parts) <= len(parts) or folder.parts[-len(parts) :] != parts:
+        return None
+    return Path(*folder.parts[: -len(parts)])
+
+
+def _absolute(value: str, bases: list[Path]) -> str:
+    """A relative local path made absolute against the first base where it exists (else the
+    first base); URIs, absolute paths and names (``resnet50``, ``imagenette``) are kept."""
+    if "://" in value or uri_scheme(value) != "file" or Path(value).expanduser().is_absolute():
+        return value
+    from sparsify_runner.named import is_name
+
+    for base in bases:
+        candidate = base / value
+        if candidate.exists():
+            return os.path.normpath(candidate)
+    if is_name(value):
+        return value
+    return os.path.normpath(bases[0] / value)
+
+
+def values_from_experiment(wire: dict[str, Any], run_folder: Path | None = None) -> dict[str, str]:
+    """A run's experiment (report.json / CR wire form) as form values: "new experiment like this".
+
+    ``run_folder`` (a local run): relative paths were relative to where ``sparsifyctl run``
+    was started, so they are made absolute, resolved against that folder (found from the run
+    folder and its relative ``output``), else the run folder and its parent; the form then
+    works from any folder."""
+    if run_folder is not None:
+        launch = _launch_folder(run_folder, wire.get("output"))
+        folder = Path(os.path.abspath(run_folder))
+        bases = [b for b in (launch, folder, folder.parent) if b is not None]
+        wire = {
+            k: _absolute(v, bases) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in wire.items()
+        }
     values: dict[str, str] = {}
     for key, value in wire.items():
         if key == "deploy" and isinstance(value, dict):

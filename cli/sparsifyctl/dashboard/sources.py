@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from sparsify_operator.models import GROUP
+from sparsify_runner.summary import PRUNING_MODES, format_size
 
 REPORT_FILE = "report.json"
 SWEEP_FILE = "sweep.json"
@@ -67,7 +68,21 @@ class Entry(BaseModel):
     """the baseline model of the run (offered on the predict page)"""
 
 
-HEADLINE = ("type", "optim level", "mode", "accuracy", "fidelity", "latency", "speedup", "size", "sparsity")
+HEADLINE = (
+    "type",
+    "optim level",
+    "mode",
+    "accuracy",
+    "fidelity",
+    "median latency",
+    "speedup",
+    "size",
+    "sparsity",
+)
+"""A run's headline cells (the run page shows them all)."""
+LIST_NUMBERS = ("accuracy", "fidelity", "median latency", "speedup", "size", "sparsity")
+"""The runs list's number columns (type, level and mode share one column there, so that the
+table fits a 1200 px window without scrolling sideways)."""
 
 
 def _pct(x: float | None) -> str:
@@ -80,8 +95,7 @@ def _acc(baseline: float | None, optimized: float | None) -> str:
     return f"{_pct(baseline)} → {_pct(optimized)}"
 
 
-def _mb(n: int | float | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
+_mb = format_size
 
 
 def _ms(x: float | None) -> str:
@@ -108,10 +122,10 @@ def report_cells(report: Any) -> dict[str, str]:
         "mode": report.mode,
         "accuracy": _acc(report.baseline.accuracy, report.optimized.accuracy),
         "fidelity": fidelity,
-        "latency": _ms(lat.mean_ms if lat else None),
+        "median latency": _ms(lat.median_ms if lat else None),
         "speedup": _x(report.speedup),
         "size": _mb(report.optimized.file_size_bytes),
-        "sparsity": _pct(report.optimized.sparsity),
+        "sparsity": _pct(report.optimized.sparsity) if report.mode in PRUNING_MODES else "-",
     }
 
 
@@ -125,10 +139,10 @@ def status_cells(obj: dict[str, Any]) -> dict[str, str]:
         "mode": res.get("mode") or "-",
         "accuracy": _acc(res.get("baselineAccuracy"), res.get("optimizedAccuracy")),
         "fidelity": _pct(res.get("fidelity")),
-        "latency": _ms(res.get("optimizedLatencyMs")),
+        "median latency": _ms(res.get("optimizedLatencyMs")),  # the termination message's: a median
         "speedup": _x(res.get("speedup")),
         "size": _mb(res.get("optimizedSizeBytes")),
-        "sparsity": _pct(res.get("sparsity")),
+        "sparsity": _pct(res.get("sparsity")) if res.get("mode") in PRUNING_MODES else "-",
     }
 
 
@@ -142,7 +156,7 @@ def point_cells(point: dict[str, Any]) -> dict[str, str]:
         "phase": str(point.get("phase") or "-"),
         "accuracy": _pct(point.get("accuracy")),
         "fidelity": _pct(fid) if isinstance(fid, int | float) else "-",
-        "latency": _ms(point.get("latencyMs")),
+        "median latency": _ms(point.get("latencyMs")),
         "speedup": _x(point.get("speedup")),
         "size": _mb(point.get("sizeBytes")),
     }
@@ -308,7 +322,9 @@ class Sources:
                 )
                 continue
             entry = self._record_entry(key, "local", record, sweep=sweeps.get(folder.parent))
-            entry.label, entry.source = label, str(folder)
+            # the experiment's name (--name) when it has one, else its folder under --runs
+            name = optional_module("sparsifyctl.compare", "loading reports").experiment_name(record.report)
+            entry.label, entry.source = name or label, str(folder)
             out.append(entry)
         return out
 
