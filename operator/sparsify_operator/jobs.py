@@ -179,12 +179,15 @@ def runner_experiment(meta: dict[str, Any], exp: Experiment) -> dict[str, Any]:
     return wire
 
 
-def build_job(experiment: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def build_job(
+    experiment: dict[str, Any], settings: OperatorSettings, *, valid: ValidSpec | None = None
+) -> dict[str, Any]:
     """The batch/v1 Job for a SparsifyExperiment object (a dict as read from the API).
 
-    Raises SpecError (with the offending field) for a spec the operator cannot run.
+    Raises SpecError (with the offending field) for a spec the operator cannot run; a caller
+    that already ran ``validate_spec`` passes its result as ``valid``.
     """
-    valid = validate_spec(experiment)
+    valid = valid or validate_spec(experiment)
     spec, exp = valid.spec, valid.experiment
     meta = experiment.get("metadata") or {}
     name = meta["name"]

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from .models import PHASES
+from .models import PHASES, Phase
 
 EXPERIMENTS = Gauge("sparsify_operator_experiments", "SparsifyExperiments by phase", ["phase"])
 RECONCILE = Histogram(
@@ -28,7 +28,7 @@ def track_phase(uid: str, phase: str | None, *, deleted: bool = False) -> None:
     if deleted:
         _phases.pop(uid, None)
     else:
-        _phases[uid] = phase or "Pending"
+        _phases[uid] = phase or Phase.PENDING
     counts = dict.fromkeys(PHASES, 0)
     for value in _phases.values():
         counts[value] = counts.get(value, 0) + 1

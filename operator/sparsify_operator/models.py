@@ -9,6 +9,7 @@ OpenAPI schema is generated from these models (``crd.py``), so the API server an
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,8 +25,57 @@ SINGULAR = "sparsifyexperiment"
 SHORT_NAMES = ["sx", "sparsify"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
-TERMINAL_PHASES = ("Succeeded", "Failed")
+
+class Phase(StrEnum):
+    """``status.phase`` of an experiment (and of a sweep's point). A ``StrEnum``: its members
+    are the wire strings, so they compare, hash and serialize (JSON) as those strings."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+PHASES = tuple(Phase)
+TERMINAL_PHASES = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType(StrEnum):
+    """``status.conditions[].type`` the operator sets (a terminal phase is also a condition)."""
+
+    JOB_CREATED = "JobCreated"
+    INVALID_SPEC = "InvalidSpec"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    COMPLETE = "Complete"  # sweeps: every point finished
+
+
+class Reason(StrEnum):
+    """``status.reason`` / condition reasons / Event reasons the operator writes itself. A
+    status reason may also come from elsewhere (the runner's summary, the Job's Failed
+    condition, a waiting container), so the field stays a plain string."""
+
+    INVALID_SPEC = "InvalidSpec"
+    JOB_CREATE_FAILED = "JobCreateFailed"
+    JOB_CREATED = "JobCreated"
+    JOB_DELETED = "JobDeleted"
+    QUEUED = "Queued"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    UNSCHEDULABLE = "Unschedulable"
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
 
 # Kubernetes quantities: "500m", "2", "8Gi", ...
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"

@@ -1,8 +1,14 @@
-"""Reconcile logic: the pure functions (``jobs``, ``status``) + API calls, no kopf.
+"""Reconcile: read the object and what it owns, compute the desired state with the pure
+functions (``jobs``, ``status``, ``sweep_reconcile``), apply the difference once. No kopf.
 
-Every step converges when repeated: the Job is found by the experiment's uid label or its
-deterministic name before anything is created, a 409 on create means "already there",
-and a Job that vanished before finishing is reported instead of re-created.
+``sync_experiment(namespace, name)`` is level-triggered, like Kubeflow Trainer's single
+``Reconcile``: every experiment handler (create, resume, spec update, the resync timer) and
+every event of its Job call it with the experiment's name only, and it reads everything
+fresh, so neither the order nor the number of calls matters. Each call converges when
+repeated: the Job is found by its deterministic name (owner checked) or the experiment's
+uid label before anything is created, a 409 on create means "already there", a Job that
+vanished before finishing is reported instead of re-created, and a call that finds
+everything as desired writes nothing. ``sync_sweep`` does the same for a ``SparsifySweep``.
 """
 
 from __future__ import annotations
@@ -14,12 +20,17 @@ from typing import Any
 
 from . import jobs, metrics, status
 from .kube import ApiError, Kube
-from .models import TERMINAL_PHASES
+from .models import KIND, TERMINAL_PHASES, EventType, Phase, Reason
 from .settings import OperatorSettings
+from .sweep_models import LABEL_SWEEP
+from .sweep_reconcile import owned_by, plan
 
 log = logging.getLogger("sparsify_operator")
 
-EventSink = Callable[[dict[str, Any], str, str, str], None]  # (experiment body, type, reason, message)
+EventSink = Callable[[dict[str, Any], str, str, str], None]  # (involved object, type, reason, message)
+
+# API statuses that no retry of the same Job create can fix.
+PERMANENT_CREATE_ERRORS = (400, 403, 422)
 
 
 class Reconciler:
@@ -29,13 +40,28 @@ class Reconciler:
         self.emit = emit or (lambda body, etype, reason, message: None)
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def lock(self, uid: str) -> asyncio.Lock:
-        return self._locks.setdefault(uid, asyncio.Lock())
+    def lock(self, key: str) -> asyncio.Lock:
+        """One sync at a time per object (``kind/namespace/name``)."""
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def _call(self, fn, *args):
         return await asyncio.to_thread(fn, *args)
 
-    # ---- helpers -------------------------------------------------------------------------------
+    async def _read(self, get, namespace: str, name: str, uid: str | None) -> dict[str, Any] | None:
+        """The object as stored now; None when it is gone, being deleted, or (with ``uid``)
+        a different object of the same name than the one an event was about."""
+        try:
+            obj = await self._call(get, namespace, name)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        meta = obj["metadata"]
+        if (uid and meta.get("uid") != uid) or meta.get("deletionTimestamp"):
+            return None
+        return obj
+
+    # ---- experiments -----------------------------------------------------------------------------
     async def find_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """The experiment's Job: by its deterministic name (owner checked), else by uid label."""
         meta = body["metadata"]
@@ -45,64 +71,73 @@ class Reconciler:
         found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
         return found[0] if found else None
 
-    async def _apply(
-        self, body: dict[str, Any], current: dict[str, Any], update: status.StatusUpdate
-    ) -> None:
-        patch = {k: v for k, v in update.patch.items() if v is not None}
-        if all(current.get(k) == v for k, v in patch.items()):
-            return
-        meta = body["metadata"]
-        await self._call(self.kube.patch_experiment_status, meta["namespace"], meta["name"], patch)
-        if patch.get("phase") == "Failed" and current.get("phase") != "Failed":
-            metrics.JOB_FAILURES.labels(reason=patch.get("reason") or "Failed").inc()
-        for etype, reason, message in update.events:
-            self.emit(body, etype, reason, message)
+    async def sync_experiment(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Converge one experiment: its Job exists (once) and its status says what the Job does.
 
-    async def _fresh(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        meta = body["metadata"]
-        try:
-            fresh = await self._call(self.kube.get_experiment, meta["namespace"], meta["name"])
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-        if fresh["metadata"].get("uid") != meta.get("uid"):
-            return None
-        return fresh
-
-    # ---- create / resume -------------------------------------------------------------------------
-    async def ensure_job(self, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        async with self.lock(meta["uid"]):
-            fresh = await self._fresh(body)
-            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        ``uid`` (from an event) skips a newer experiment that reuses the name.
+        """
+        async with self.lock(f"{KIND}/{namespace}/{name}"):
+            body = await self._read(self.kube.get_experiment, namespace, name, uid)
+            if body is None:
                 return
-            await self._ensure_job(fresh)
+            job = await self.find_job(body)
+            if job is None:
+                await self._sync_without_job(body)
+            else:
+                await self._sync_with_job(body, job)
 
-    async def _ensure_job(self, body: dict[str, Any]) -> None:
+    async def _sync_with_job(self, body: dict[str, Any], job: dict[str, Any]) -> None:
+        current = body.get("status") or {}
+        job_name = job["metadata"]["name"]
+        if current.get("phase") in TERMINAL_PHASES:
+            if current.get("jobName") == job_name:
+                return  # finished results are final
+        else:
+            job = await self._sync_suspend(body, job)
+        pods = await self._call(self.kube.list_job_pods, job["metadata"]["namespace"], job_name)
+        update = status.job_observed(body, job, pods, status.now_iso())
+        await self._apply(body, update)
+
+    async def _sync_suspend(self, body: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+        """The Job's ``spec.suspend`` follows the experiment's; returns the Job as it is now.
+
+        With a ``queueName`` the Job's suspend is Kueue's (admission unsuspends it, and Kueue
+        unsuspends an admitted Job again), so the operator never writes it there.
+        """
+        spec = body.get("spec") or {}
+        want = bool(spec.get("suspend"))
+        if want == bool((job.get("spec") or {}).get("suspend")) or spec.get("queueName"):
+            return job
+        meta = job["metadata"]
+        patched = await self._call(
+            self.kube.patch_job, meta["namespace"], meta["name"], {"spec": {"suspend": want}}
+        )
+        self.emit(
+            body,
+            EventType.NORMAL,
+            Reason.SUSPENDED if want else Reason.RESUMED,
+            f"Job {meta['name']} {'suspended' if want else 'resumed'}",
+        )
+        return patched or {**job, "spec": {**(job.get("spec") or {}), "suspend": want}}
+
+    async def _sync_without_job(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+        ns, generation = meta["namespace"], meta.get("generation")
         current = body.get("status") or {}
         now = status.now_iso()
-        existing = await self.find_job(body)
-        if existing is not None:
-            await self._follow(body, existing)
-            return
         if current.get("phase") in TERMINAL_PHASES:
             return
-        if current.get("jobName"):
+        if status.job_was_created(current):
             await self._apply(
-                body, current, status.job_deleted(current, current["jobName"], generation=generation, now=now)
+                body, status.job_deleted(current, current["jobName"], generation=generation, now=now)
             )
             return
         try:
-            manifest = jobs.build_job(body, self.settings)
             valid = jobs.validate_spec(body)
+            manifest = jobs.build_job(body, self.settings, valid=valid)
         except jobs.SpecError as err:
             await self._apply(
-                body,
-                current,
-                status.invalid_spec(current, err.field, str(err), generation=generation, now=now),
+                body, status.invalid_spec(current, err.field, str(err), generation=generation, now=now)
             )
             return
         secret = jobs.secret_name(valid.spec, self.settings)
@@ -117,136 +152,56 @@ class Reconciler:
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
             await self._apply(
-                body,
-                current,
-                status.invalid_spec(current, where, f"{where}: {msg}", generation=generation, now=now),
+                body, status.invalid_spec(current, where, f"{where}: {msg}", generation=generation, now=now)
             )
             return
         job_name = manifest["metadata"]["name"]
         try:
             created = await self._call(self.kube.create_job, ns, manifest)
-            metrics.JOBS_CREATED.inc()
         except ApiError as err:
             if err.status == 409:
-                created = await self._call(self.kube.get_job, ns, job_name)
-                if created is not None and _owned_by(created, meta["uid"]):
-                    await self._follow(body, created)
+                existing = await self._call(self.kube.get_job, ns, job_name)
+                if existing is not None and _owned_by(existing, meta["uid"]):
+                    await self._sync_with_job(body, existing)
                     return
                 msg = f"a Job named {job_name} already exists and is not owned by this experiment"
                 await self._apply(
                     body,
-                    current,
                     status.job_create_failed(
                         current, job_name, msg, generation=generation, now=now, permanent=True
                     ),
                 )
                 return
-            permanent = err.status in (400, 403, 422)
-            await self._apply(
-                body,
+            permanent = err.status in PERMANENT_CREATE_ERRORS
+            update = status.job_create_failed(
                 current,
-                status.job_create_failed(
-                    current,
-                    job_name,
-                    f"creating Job {job_name} failed: {err}",
-                    generation=generation,
-                    now=now,
-                    permanent=permanent,
-                ),
+                job_name,
+                f"creating Job {job_name} failed: {err}",
+                generation=generation,
+                now=now,
+                permanent=permanent,
             )
+            await self._apply(body, update)
             if permanent:
                 return
-            raise
-        update = status.job_created(
-            current,
-            job_name,
-            suspended=valid.spec.suspend,
-            queued=bool(valid.spec.queue_name),
-            generation=generation,
-            now=now,
-        )
-        await self._apply(body, current, update)
-        log.info("created Job %s/%s for experiment %s", ns, job_name, name)
-        del created
+            raise  # transient: the handler is retried (kopf's error delays)
+        metrics.JOBS_CREATED.inc()
+        update = status.job_started(body, created or manifest, now)
+        await self._apply(body, update)
+        log.info("created Job %s/%s for experiment %s", ns, job_name, meta["name"])
 
-    # ---- follow the Job ------------------------------------------------------------------------
-    async def job_event(self, job: dict[str, Any], event_type: str) -> None:
-        owner = _controller(job)
-        if owner is None:
-            return
-        ns = job["metadata"]["namespace"]
-        stub = {"metadata": {"namespace": ns, "name": owner["name"], "uid": owner["uid"]}}
-        async with self.lock(owner["uid"]):
-            body = await self._fresh(stub)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            current = body.get("status") or {}
-            if event_type == "DELETED":
-                if current.get("phase") not in TERMINAL_PHASES:
-                    await self._apply(
-                        body,
-                        current,
-                        status.job_deleted(
-                            current,
-                            job["metadata"]["name"],
-                            generation=body["metadata"].get("generation"),
-                            now=status.now_iso(),
-                        ),
-                    )
-                return
-            await self._follow(body, job)
-
-    async def _follow(self, body: dict[str, Any], job: dict[str, Any]) -> None:
+    async def _apply(self, body: dict[str, Any], update: status.StatusUpdate) -> None:
+        """Patch what differs from the stored status (nothing when nothing does), then its Events."""
         current = body.get("status") or {}
-        if current.get("phase") in TERMINAL_PHASES and current.get("jobName") == job["metadata"]["name"]:
-            return  # finished results are final
-        pods = await self._call(
-            self.kube.list_job_pods, job["metadata"]["namespace"], job["metadata"]["name"]
-        )
-        spec_suspend = bool((body.get("spec") or {}).get("suspend"))
-        update = status.map_job_status(
-            current, job, pods, generation=body["metadata"].get("generation"), spec_suspend=spec_suspend
-        )
-        if not current.get("conditions") or not any(
-            c.get("type") == "JobCreated" for c in current["conditions"]
-        ):
-            update.patch["conditions"] = status.set_condition(
-                update.patch["conditions"],
-                "JobCreated",
-                True,
-                "JobCreated",
-                f"Job {job['metadata']['name']} exists",
-                generation=body["metadata"].get("generation"),
-                now=status.now_iso(),
-            )
-        await self._apply(body, current, update)
-
-    # ---- suspend / delete ------------------------------------------------------------------------
-    async def sync_suspend(self, body: dict[str, Any]) -> None:
+        patch = update.changes(current)
+        if not patch:
+            return
         meta = body["metadata"]
-        async with self.lock(meta["uid"]):
-            fresh = await self._fresh(body)
-            if fresh is None:
-                return
-            job = await self.find_job(fresh)
-            if job is None or (fresh.get("status") or {}).get("phase") in TERMINAL_PHASES:
-                return
-            spec = fresh.get("spec") or {}
-            want = bool(spec.get("suspend"))
-            have = bool((job.get("spec") or {}).get("suspend"))
-            if want == have:
-                return
-            if not want and spec.get("queueName"):
-                return  # Kueue owns unsuspending (admission); never rewrite it
-            await self._call(
-                self.kube.patch_job, meta["namespace"], job["metadata"]["name"], {"spec": {"suspend": want}}
-            )
-            self.emit(
-                fresh,
-                "Normal",
-                "Suspended" if want else "Resumed",
-                f"Job {job['metadata']['name']} {'suspended' if want else 'resumed'}",
-            )
+        await self._call(self.kube.patch_experiment_status, meta["namespace"], meta["name"], patch)
+        if patch.get("phase") == Phase.FAILED:
+            metrics.JOB_FAILURES.labels(reason=update.patch.get("reason") or Reason.FAILED).inc()
+        for etype, reason, message in update.events:
+            self.emit(body, etype, reason, message)
 
     async def cleanup(self, body: dict[str, Any]) -> None:
         """Delete the experiment's Job (ownerReferences do it too where a GC runs)."""
@@ -254,16 +209,69 @@ class Reconciler:
         found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
         for job in found:
             await self._call(self.kube.delete_job, meta["namespace"], job["metadata"]["name"])
-        self._locks.pop(meta["uid"], None)
+        self._locks.pop(f"{KIND}/{meta['namespace']}/{meta['name']}", None)
+
+    # ---- sweeps -------------------------------------------------------------------------------------
+    async def _sweep_children(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        # Labelled experiments that are not ours (leftovers of an older sweep of the same name)
+        # are kept: plan() reports the name clash instead of creating a duplicate.
+        return await self._call(
+            self.kube.list_experiments_by_label, namespace, {LABEL_SWEEP: jobs.label_value(name)}
+        )
+
+    async def sync_sweep(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Converge one sweep: read it and its children, plan, create the missing children,
+        patch what differs in its status (nothing when nothing does)."""
+        async with self.lock(f"sweep/{namespace}/{name}"):
+            sweep = await self._read(self.kube.get_sweep, namespace, name, uid)
+            if sweep is None:
+                return
+            sweep_uid = sweep["metadata"]["uid"]
+            children = await self._sweep_children(namespace, name)
+            # A clash with an unlabelled experiment of a child's name shows up as a 409 below.
+            result = plan(sweep, children)
+            for manifest in result.create:
+                child = manifest["metadata"]["name"]
+                try:
+                    await self._call(self.kube.create_experiment, namespace, manifest)
+                    log.info("created experiment %s/%s for sweep %s", namespace, child, name)
+                except ApiError as err:
+                    if err.status != 409:
+                        raise
+                    existing = await self._call(self.kube.get_experiment, namespace, child)
+                    if not owned_by(existing, sweep_uid):
+                        children.append(existing)
+            if any(not owned_by(c, sweep_uid) for c in children):
+                result = plan(sweep, children)
+            current = sweep.get("status") or {}
+            patch = {k: v for k, v in result.status.items() if current.get(k) != v}  # None clears
+            if patch:
+                await self._call(self.kube.patch_sweep_status, namespace, name, patch)
+            for etype, reason, message in result.events:
+                self.emit(sweep, etype, reason, message)
+
+    async def cleanup_sweep(self, body: dict[str, Any]) -> None:
+        """Delete the children (the garbage collector does it too, through ownerReferences)."""
+        meta = body["metadata"]
+        for child in await self._sweep_children(meta["namespace"], meta["name"]):
+            if not owned_by(child, meta["uid"]):
+                continue
+            try:
+                await self._call(self.kube.delete_experiment, meta["namespace"], child["metadata"]["name"])
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+        self._locks.pop(f"sweep/{meta['namespace']}/{meta['name']}", None)
 
 
-def _controller(job: dict[str, Any]) -> dict[str, Any] | None:
+def owner_experiment(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The ownerReference of the experiment that controls ``job`` (None for other Jobs)."""
     for ref in job["metadata"].get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") == "SparsifyExperiment":
+        if ref.get("controller") and ref.get("kind") == KIND:
             return ref
     return None
 
 
 def _owned_by(job: dict[str, Any], uid: str) -> bool:
-    owner = _controller(job)
+    owner = owner_experiment(job)
     return owner is not None and owner.get("uid") == uid

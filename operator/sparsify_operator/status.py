@@ -17,15 +17,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sparsify_runner.contract import RunSummary
 
 from .jobs import CONTAINER
-from .models import TERMINAL_PHASES, Results
+from .models import TERMINAL_PHASES, ConditionType, EventType, Phase, Reason, Results
 
 MESSAGE_LINES = 5
 MESSAGE_LIMIT = 1024
+
+
+class JobCondition(StrEnum):
+    """The batch/v1 Job's own condition types that decide the experiment's phase."""
+
+    COMPLETE = "Complete"
+    SUCCESS_CRITERIA_MET = "SuccessCriteriaMet"
+    FAILED = "Failed"
+    FAILURE_TARGET = "FailureTarget"
+
+
+# A runner container waiting for one of these is just starting, not stuck.
+STARTING_WAIT_REASONS = ("ContainerCreating", "PodInitializing")
 
 
 def now_iso() -> str:
@@ -41,6 +55,11 @@ class StatusUpdate:
     def phase(self) -> str | None:
         return self.patch.get("phase")
 
+    def changes(self, current: dict[str, Any]) -> dict[str, Any]:
+        """The merge patch that moves ``current`` to this update: the fields that differ (None
+        means "leave as is" here, not "clear"). Empty when ``current`` is already there."""
+        return {k: v for k, v in self.patch.items() if v is not None and current.get(k) != v}
+
 
 def set_condition(
     conditions: list[dict[str, Any]] | None,
@@ -52,9 +71,12 @@ def set_condition(
     generation: int | None,
     now: str,
 ) -> list[dict[str, Any]]:
-    """Upsert a condition; ``lastTransitionTime`` changes only when the status flips."""
-    out = [dict(c) for c in (conditions or []) if c.get("type") != type_]
-    previous = next((c for c in (conditions or []) if c.get("type") == type_), None)
+    """Upsert a condition in place (a new type goes last, as ``meta.SetStatusCondition`` does,
+    so setting the same conditions again gives the same list); ``lastTransitionTime`` changes
+    only when the status flips."""
+    out = [dict(c) for c in conditions or []]
+    at = next((i for i, c in enumerate(out) if c.get("type") == type_), None)
+    previous = out[at] if at is not None else None
     value = "True" if status else "False"
     cond = {
         "type": type_,
@@ -67,8 +89,38 @@ def set_condition(
     }
     if generation is not None:
         cond["observedGeneration"] = generation
-    out.append(cond)
-    return out
+    if at is None:
+        return [*out, cond]
+    out[at] = cond
+    return [c for i, c in enumerate(out) if i <= at or c.get("type") != type_]
+
+
+def set_conditions(
+    conditions: list[dict[str, Any]] | None,
+    updates: list[tuple[ConditionType, bool]],
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """``set_condition`` for each (type, status) of ``updates``, all with one reason and message."""
+    for type_, value in updates:
+        conditions = set_condition(conditions, type_, value, reason, message, generation=generation, now=now)
+    return conditions or []
+
+
+def has_condition(current: dict[str, Any], type_: str, status: bool | None = True) -> bool:
+    """Whether ``current`` (a status) has the condition with that status (None: any status)."""
+    value = {True: "True", False: "False", None: None}[status]
+    return any(
+        c.get("type") == type_ and value in (None, c.get("status")) for c in current.get("conditions") or []
+    )
+
+
+def job_was_created(current: dict[str, Any]) -> bool:
+    """The status records a Job that existed (not merely a Job name a failed create tried)."""
+    return bool(current.get("jobName")) and has_condition(current, ConditionType.JOB_CREATED)
 
 
 def _transition(current: dict[str, Any], patch: dict[str, Any], etype: str) -> list[tuple[str, str, str]]:
@@ -77,53 +129,44 @@ def _transition(current: dict[str, Any], patch: dict[str, Any], etype: str) -> l
     return [(etype, patch.get("reason") or patch["phase"], patch.get("message") or patch["phase"])]
 
 
+def _failure(
+    current: dict[str, Any],
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    conditions: list[tuple[ConditionType, bool]],
+    generation: int | None,
+    now: str,
+    fields: dict[str, Any],
+) -> StatusUpdate:
+    """A status that reports a problem (a Warning Event on the transition): ``conditions``
+    (type, status) all carry ``reason`` and ``message``; ``fields`` are more status fields."""
+    conds = set_conditions(
+        current.get("conditions"), conditions, reason, message, generation=generation, now=now
+    )
+    patch = {"phase": phase, "reason": reason, "message": message, "conditions": conds, **fields}
+    return StatusUpdate(patch, _transition(current, patch, EventType.WARNING))
+
+
 def invalid_spec(
     current: dict[str, Any], field_path: str, message: str, *, generation: int | None, now: str
 ) -> StatusUpdate:
     """A spec the operator cannot run: Failed + InvalidSpec, no Job."""
     text = f"{field_path}: {message}" if not message.startswith(field_path) else message
-    conds = set_condition(
-        current.get("conditions"), "InvalidSpec", True, "InvalidSpec", text, generation=generation, now=now
-    )
-    conds = set_condition(conds, "Failed", True, "InvalidSpec", text, generation=generation, now=now)
-    patch = {
-        "phase": "Failed",
-        "reason": "InvalidSpec",
-        "message": text,
-        "conditions": conds,
-        "observedGeneration": generation,
-        "completionTime": now,
-    }
-    return StatusUpdate(patch, _transition(current, patch, "Warning"))
+    conds = [(ConditionType.INVALID_SPEC, True), (ConditionType.FAILED, True)]
+    fields = {"observedGeneration": generation, "completionTime": now}
+    return _failure(current, Phase.FAILED, Reason.INVALID_SPEC, text, conds, generation, now, fields)
 
 
 def job_create_failed(
     current: dict[str, Any], job_name: str, message: str, *, generation: int | None, now: str, permanent: bool
 ) -> StatusUpdate:
     """The API refused the Job: permanent (422/403: Failed) or retried (Pending)."""
-    conds = set_condition(
-        current.get("conditions"),
-        "JobCreated",
-        False,
-        "JobCreateFailed",
-        message,
-        generation=generation,
-        now=now,
-    )
-    phase = "Failed" if permanent else "Pending"
-    if permanent:
-        conds = set_condition(
-            conds, "Failed", True, "JobCreateFailed", message, generation=generation, now=now
-        )
-    patch = {
-        "phase": phase,
-        "reason": "JobCreateFailed",
-        "message": message[:MESSAGE_LIMIT],
-        "conditions": conds,
-        "observedGeneration": generation,
-        "jobName": job_name,
-    }
-    return StatusUpdate(patch, _transition(current, patch, "Warning"))
+    phase = Phase.FAILED if permanent else Phase.PENDING
+    conds = [(ConditionType.JOB_CREATED, False), *([(ConditionType.FAILED, True)] if permanent else [])]
+    fields = {"observedGeneration": generation, "jobName": job_name}
+    message = message[:MESSAGE_LIMIT]
+    return _failure(current, phase, Reason.JOB_CREATE_FAILED, message, conds, generation, now, fields)
 
 
 def job_created(
@@ -131,19 +174,20 @@ def job_created(
 ) -> StatusUpdate:
     conds = set_condition(
         current.get("conditions"),
-        "JobCreated",
+        ConditionType.JOB_CREATED,
         True,
-        "JobCreated",
+        Reason.JOB_CREATED,
         f"created Job {job_name}",
         generation=generation,
         now=now,
     )
     if suspended:
-        phase, reason, message = "Suspended", "Suspended", f"Job {job_name} is suspended (spec.suspend)"
+        phase, reason = Phase.SUSPENDED, Reason.SUSPENDED
+        message = f"Job {job_name} is suspended (spec.suspend)"
     elif queued:
-        phase, reason, message = "Pending", "Queued", f"Job {job_name} waits for Kueue admission"
+        phase, reason, message = Phase.PENDING, Reason.QUEUED, f"Job {job_name} waits for Kueue admission"
     else:
-        phase, reason, message = "Pending", "JobCreated", f"created Job {job_name}"
+        phase, reason, message = Phase.PENDING, Reason.JOB_CREATED, f"created Job {job_name}"
     patch = {
         "phase": phase,
         "reason": reason,
@@ -153,26 +197,17 @@ def job_created(
         "jobName": job_name,
         "attempts": 0,
     }
-    return StatusUpdate(patch, [("Normal", "JobCreated", f"created Job {job_name}")])
+    return StatusUpdate(patch, [(EventType.NORMAL, Reason.JOB_CREATED, f"created Job {job_name}")])
 
 
 def job_deleted(current: dict[str, Any], job_name: str, *, generation: int | None, now: str) -> StatusUpdate:
-    """The Job vanished before finishing: report it; never silently recreate."""
+    """The Job vanished before it finished: report it; never silently recreate."""
     message = (
         f"Job {job_name} was deleted before it finished; delete and re-create the experiment to run it again"
     )
-    conds = set_condition(
-        current.get("conditions"), "Failed", True, "JobDeleted", message, generation=generation, now=now
-    )
-    conds = set_condition(conds, "Running", False, "JobDeleted", message, generation=generation, now=now)
-    patch = {
-        "phase": "Failed",
-        "reason": "JobDeleted",
-        "message": message,
-        "conditions": conds,
-        "completionTime": now,
-    }
-    return StatusUpdate(patch, _transition(current, patch, "Warning"))
+    conds = [(ConditionType.FAILED, True), (ConditionType.RUNNING, False)]
+    fields = {"completionTime": now}
+    return _failure(current, Phase.FAILED, Reason.JOB_DELETED, message, conds, generation, now, fields)
 
 
 # ---- Job/Pod -> phase ----------------------------------------------------------------------
@@ -213,11 +248,11 @@ def _waiting_reason(pods: list[dict[str, Any]]) -> tuple[str | None, str | None]
     for pod in sorted(pods, key=_creation, reverse=True):
         cs = _runner_status(pod)
         waiting = ((cs or {}).get("state") or {}).get("waiting")
-        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+        if waiting and waiting.get("reason") not in (None, *STARTING_WAIT_REASONS):
             return waiting.get("reason"), waiting.get("message")
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
-                return cond.get("reason") or "Unschedulable", cond.get("message")
+                return cond.get("reason") or Reason.UNSCHEDULABLE, cond.get("message")
     return None, None
 
 
@@ -256,9 +291,9 @@ def map_job_status(
     if status.get("startTime"):
         patch["startTime"] = status["startTime"]
 
-    if "Complete" in conds or "SuccessCriteriaMet" in conds:
-        patch["phase"] = "Succeeded"
-        patch["reason"] = "Succeeded"
+    if JobCondition.COMPLETE in conds or JobCondition.SUCCESS_CRITERIA_MET in conds:
+        patch["phase"] = Phase.SUCCEEDED
+        patch["reason"] = Reason.SUCCEEDED
         if summary is not None:
             patch["results"] = results_from(summary)
             patch["message"] = f"model at {summary.model_uri}" if summary.model_uri else "finished"
@@ -267,67 +302,97 @@ def map_job_status(
         else:
             patch["message"] = "finished (no termination message from the runner)"
         patch["completionTime"] = (
-            status.get("completionTime") or conds.get("Complete", {}).get("lastTransitionTime") or now
+            status.get("completionTime")
+            or conds.get(JobCondition.COMPLETE, {}).get("lastTransitionTime")
+            or now
         )
-    elif "Failed" in conds or "FailureTarget" in conds:
-        cond = conds.get("Failed") or conds["FailureTarget"]
-        patch["phase"] = "Failed"
+    elif JobCondition.FAILED in conds or JobCondition.FAILURE_TARGET in conds:
+        cond = conds.get(JobCondition.FAILED) or conds[JobCondition.FAILURE_TARGET]
+        patch["phase"] = Phase.FAILED
         if summary is not None and summary.status == "failed":
-            patch["reason"] = summary.reason or cond.get("reason") or "Failed"
+            patch["reason"] = summary.reason or cond.get("reason") or Reason.FAILED
             patch["message"] = (summary.error or cond.get("message") or "")[:MESSAGE_LIMIT]
         else:
-            patch["reason"] = cond.get("reason") or "Failed"
+            patch["reason"] = cond.get("reason") or Reason.FAILED
             detail = _tail(message) or cond.get("message") or "the Job failed"
             code = f" (exit code {exit_code})" if exit_code is not None else ""
             patch["message"] = f"{detail}{code}"[:MESSAGE_LIMIT]
         patch["completionTime"] = cond.get("lastTransitionTime") or now
     elif spec.get("suspend"):
         if spec_suspend:
-            patch.update(phase="Suspended", reason="Suspended", message=f"Job {job_name} is suspended")
+            patch.update(
+                phase=Phase.SUSPENDED, reason=Reason.SUSPENDED, message=f"Job {job_name} is suspended"
+            )
         else:
-            patch.update(phase="Pending", reason="Queued", message=f"Job {job_name} waits for admission")
+            patch.update(
+                phase=Phase.PENDING, reason=Reason.QUEUED, message=f"Job {job_name} waits for admission"
+            )
     elif int(status.get("ready") or 0) > 0 or _any_running(pods):
-        patch.update(phase="Running", reason="Running", message=f"Job {job_name} is running")
+        patch.update(phase=Phase.RUNNING, reason=Reason.RUNNING, message=f"Job {job_name} is running")
     else:
         reason, detail = _waiting_reason(pods)
         if reason:
-            patch.update(phase="Pending", reason=reason, message=(detail or reason)[:MESSAGE_LIMIT])
+            patch.update(phase=Phase.PENDING, reason=reason, message=(detail or reason)[:MESSAGE_LIMIT])
         else:
-            patch.update(phase="Pending", reason="Starting", message=f"Job {job_name} is starting")
+            patch.update(phase=Phase.PENDING, reason=Reason.STARTING, message=f"Job {job_name} is starting")
 
     phase = patch["phase"]
-    conditions = current.get("conditions")
-    conditions = set_condition(
-        conditions,
-        "Running",
-        phase == "Running",
-        patch["reason"],
-        patch["message"],
-        generation=generation,
-        now=now,
-    )
-    if phase == "Suspended" or any(c.get("type") == "Suspended" for c in conditions):
-        conditions = set_condition(
-            conditions,
-            "Suspended",
-            phase == "Suspended",
-            patch["reason"],
-            patch["message"],
-            generation=generation,
-            now=now,
-        )
+    updates = [(ConditionType.RUNNING, phase == Phase.RUNNING)]
+    if phase == Phase.SUSPENDED or has_condition(current, ConditionType.SUSPENDED, None):
+        updates.append((ConditionType.SUSPENDED, phase == Phase.SUSPENDED))
     if phase in TERMINAL_PHASES:
-        conditions = set_condition(
-            conditions, phase, True, patch["reason"], patch["message"], generation=generation, now=now
-        )
+        updates.append((ConditionType(phase), True))
+    conditions = set_conditions(
+        current.get("conditions"), updates, patch["reason"], patch["message"], generation=generation, now=now
+    )
     patch["conditions"] = conditions
     patch["observedGeneration"] = generation
-    etype = "Warning" if phase == "Failed" else "Normal"
+    etype = EventType.WARNING if phase == Phase.FAILED else EventType.NORMAL
     return StatusUpdate(patch, _transition(current, patch, etype))
 
 
+def job_observed(
+    experiment: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]], now: str
+) -> StatusUpdate:
+    """``map_job_status`` for the experiment's own Job, recording that the Job exists (the
+    JobCreated condition) when an earlier status does not say so yet (e.g. the operator
+    restarted between creating the Job and patching the status)."""
+    current = experiment.get("status") or {}
+    generation = experiment["metadata"].get("generation")
+    spec_suspend = bool((experiment.get("spec") or {}).get("suspend"))
+    update = map_job_status(current, job, pods, generation=generation, spec_suspend=spec_suspend, now=now)
+    if not has_condition(current, ConditionType.JOB_CREATED, None):
+        update.patch["conditions"] = set_condition(
+            update.patch["conditions"],
+            ConditionType.JOB_CREATED,
+            True,
+            Reason.JOB_CREATED,
+            f"Job {job['metadata']['name']} exists",
+            generation=generation,
+            now=now,
+        )
+    return update
+
+
+def job_started(experiment: dict[str, Any], job: dict[str, Any], now: str) -> StatusUpdate:
+    """The status right after the operator created ``job``: JobCreated (its Event), then what
+    the new Job already says (starting, queued or suspended), so that one write converges."""
+    spec = experiment.get("spec") or {}
+    current = experiment.get("status") or {}
+    created = job_created(
+        current,
+        job["metadata"]["name"],
+        suspended=bool(spec.get("suspend")),
+        queued=bool(spec.get("queueName")),
+        generation=experiment["metadata"].get("generation"),
+        now=now,
+    )
+    observed = job_observed({**experiment, "status": {**current, **created.patch}}, job, [], now)
+    return StatusUpdate({**created.patch, **observed.patch}, [*created.events, *observed.events])
+
+
 def _any_running(pods: list[dict[str, Any]]) -> bool:
-    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)  # the Pod's phase
 
 
 def pod_with_termination_message(message: str, exit_code: int, *, name: str = "runner-pod") -> dict[str, Any]:

@@ -8,6 +8,7 @@ per-point and aggregate status shapes and the objective are the runner's
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,6 +30,17 @@ SWEEP_SINGULAR = "sparsifysweep"
 SWEEP_SHORT_NAMES = ["ssw"]
 LABEL_SWEEP = f"{GROUP}/sweep"
 API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class SweepReason(StrEnum):
+    """``status.reason`` of a finished sweep and the sweep's own Event reasons (a sweep still
+    pending or running has its phase as reason)."""
+
+    ALL_SUCCEEDED = "AllSucceeded"
+    SOME_FAILED = "SomeFailed"
+    ALL_FAILED = "AllFailed"
+    INVALID_SPEC = "InvalidSpec"
+    CHILD_CREATED = "ChildCreated"
 
 
 class _Model(BaseModel):

@@ -17,8 +17,8 @@ from sparsify_runner.sweep import SweepPoint, aggregate, grid
 
 from . import status as status_mod
 from .jobs import KUEUE_QUEUE_LABEL, label_value
-from .models import API_VERSION, KIND, TERMINAL_PHASES
-from .sweep_models import LABEL_SWEEP, SWEEP_KIND, SparsifySweepSpec
+from .models import API_VERSION, KIND, TERMINAL_PHASES, ConditionType, EventType, Phase
+from .sweep_models import LABEL_SWEEP, SWEEP_KIND, SparsifySweepSpec, SweepReason
 
 
 @dataclass
@@ -79,10 +79,10 @@ def owned_by(child: dict[str, Any], sweep_uid: str) -> bool:
 
 def _point_from_child(point: SweepPoint, child: dict[str, Any]) -> SweepPoint:
     st = child.get("status") or {}
-    phase = st.get("phase") or "Pending"
+    phase = st.get("phase") or Phase.PENDING.value
     point = point.model_copy(update={"phase": phase})
-    if phase == "Failed":
-        reason = st.get("reason") or "Failed"
+    if phase == Phase.FAILED:
+        reason = st.get("reason") or Phase.FAILED.value
         point = point.model_copy(update={"message": f"{reason}: {st.get('message') or ''}".strip(": ")})
     return point.with_results(st.get("results"))
 
@@ -100,16 +100,20 @@ def plan(sweep: dict[str, Any], children: list[dict[str, Any]]) -> SweepPlan:
         where = ".".join(["spec", *(str(p) for p in first["loc"])])
         message = f"invalid field '{where}': {first['msg'].removeprefix('Value error, ')}"
         st = {
-            "phase": "Failed",
-            "reason": "InvalidSpec",
+            "phase": Phase.FAILED,
+            "reason": SweepReason.INVALID_SPEC,
             "message": message,
             "observedGeneration": generation,
             "conditions": status_mod.set_condition(
-                current.get("conditions"), "Complete", True, "InvalidSpec", message,
+                current.get("conditions"), ConditionType.COMPLETE, True, SweepReason.INVALID_SPEC, message,
                 generation=generation, now=now,
             ),
         }
-        events = [] if current.get("reason") == "InvalidSpec" else [("Warning", "InvalidSpec", message)]
+        events = (
+            []
+            if current.get("reason") == SweepReason.INVALID_SPEC
+            else [(EventType.WARNING, SweepReason.INVALID_SPEC, message)]
+        )
         return SweepPlan(status=st, events=events)
 
     points = grid(meta["name"], spec.optim_levels, spec.grid_structures())
@@ -124,7 +128,7 @@ def plan(sweep: dict[str, Any], children: list[dict[str, Any]]) -> SweepPlan:
             resolved.append(
                 point.model_copy(
                     update={
-                        "phase": "Failed",
+                        "phase": Phase.FAILED.value,
                         "message": f"an experiment named {point.name} exists and is not owned by this sweep",
                     }
                 )
@@ -144,10 +148,11 @@ def plan(sweep: dict[str, Any], children: list[dict[str, Any]]) -> SweepPlan:
     st = result.to_wire()
     st.pop("objective", None)
     st.setdefault("best", None)  # a merge patch with null clears a stale best
-    finished = result.phase in ("Succeeded", "Failed")
+    finished = result.phase in TERMINAL_PHASES
+    some_failed = "failed" in result.summary
     reason = {
-        "Succeeded": "AllSucceeded" if "failed" not in result.summary else "SomeFailed",
-        "Failed": "AllFailed",
+        Phase.SUCCEEDED: SweepReason.SOME_FAILED if some_failed else SweepReason.ALL_SUCCEEDED,
+        Phase.FAILED: SweepReason.ALL_FAILED,
     }.get(result.phase, result.phase)
     st.update(
         {
@@ -155,16 +160,17 @@ def plan(sweep: dict[str, Any], children: list[dict[str, Any]]) -> SweepPlan:
             "message": result.summary,
             "observedGeneration": generation,
             "conditions": status_mod.set_condition(
-                current.get("conditions"), "Complete", finished, reason, result.summary,
+                current.get("conditions"), ConditionType.COMPLETE, finished, reason, result.summary,
                 generation=generation, now=now,
             ),
         }
     )
     events: list[tuple[str, str, str]] = [
-        ("Normal", "ChildCreated", f"creating experiment {m['metadata']['name']}") for m in create
+        (EventType.NORMAL, SweepReason.CHILD_CREATED, f"creating experiment {m['metadata']['name']}")
+        for m in create
     ]
     if finished and current.get("phase") != result.phase:
         best = result.best.name if result.best and result.best.name else "none"
-        etype = "Normal" if result.phase == "Succeeded" else "Warning"
+        etype = EventType.NORMAL if result.phase == Phase.SUCCEEDED else EventType.WARNING
         events.append((etype, reason, f"{result.summary}; best: {best}"))
     return SweepPlan(create=create, status=st, events=events)

@@ -274,7 +274,7 @@ class Operator:
         from sparsify_operator.settings import OperatorSettings
 
         settings = self.settings or OperatorSettings()
-        reconciler = Reconciler(Kube(), settings, emit=handlers._emit)
+        reconciler = Reconciler(Kube(), settings, emit=handlers.post_event)
         if self.reconciler_factory:
             reconciler = self.reconciler_factory(reconciler)
         try:

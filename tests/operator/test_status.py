@@ -127,3 +127,24 @@ def test_invalid_spec_and_job_deleted():
     assert upd.patch["message"].startswith("spec.storage.secretRef.name")
     gone = status.job_deleted({"phase": "Running"}, "e-sparsify", generation=1, now=NOW)
     assert gone.patch["phase"] == "Failed" and gone.patch["reason"] == "JobDeleted"
+
+
+def test_status_vocabulary_enums_serialize_as_the_crd_strings():
+    import json
+    from typing import get_args
+
+    from sparsify_operator.models import PHASES, TERMINAL_PHASES, SparsifyExperimentStatus
+    from sparsify_operator.sweep_models import SparsifySweepStatus
+
+    (experiment_phases, _none) = get_args(SparsifyExperimentStatus.model_fields["phase"].annotation)
+    assert get_args(experiment_phases) == PHASES
+    (sweep_phases, _none) = get_args(SparsifySweepStatus.model_fields["phase"].annotation)
+    assert set(get_args(sweep_phases)) <= set(PHASES) and set(TERMINAL_PHASES) <= set(get_args(sweep_phases))
+    upd = status.invalid_spec({}, "spec.gpus", "bad", generation=1, now=NOW)
+    wire = json.loads(json.dumps(upd.patch))
+    assert wire["phase"] == "Failed" and wire["reason"] == "InvalidSpec"
+    assert [(c["type"], c["reason"]) for c in wire["conditions"]] == [
+        ("InvalidSpec", "InvalidSpec"),
+        ("Failed", "InvalidSpec"),
+    ]
+    assert json.dumps(upd.events) == '[["Warning", "InvalidSpec", "spec.gpus: bad"]]'
