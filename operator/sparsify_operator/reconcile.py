@@ -2,7 +2,7 @@
 functions (``jobs``, ``status``, ``sweep_reconcile``), apply the difference once. No kopf.
 
 ``sync_experiment(namespace, name)`` is level-triggered, like Kubeflow Trainer's single
-``Reconcile``: every experiment handler (create, resume, spec update, the resync timer) and
+``Reconcile``: every experiment handler (create, resume, spec update) and
 every event of its Job call it with the experiment's name only, and it reads everything
 fresh, so neither the order nor the number of calls matters. Each call converges when
 repeated: the Job is found by its deterministic name (owner checked) or the experiment's
