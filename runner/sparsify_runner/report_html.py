@@ -18,6 +18,7 @@ from typing import Any
 
 from . import svg_plots
 from .report import LatencyStats, Report
+from .summary import format_size
 
 __all__ = [
     "REPORT_CSS",
@@ -110,8 +111,6 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}%}"
 
 
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.2f} MB"
 
 
 def _ms(x: float | None) -> str:
@@ -227,16 +226,16 @@ def _summary(report: Report) -> str:
     rows.append(
         [
             "file size",
-            _mb(b.file_size_bytes),
-            _mb(o.file_size_bytes),
+            format_size(b.file_size_bytes),
+            format_size(o.file_size_bytes),
             _ratio_text(b.file_size_bytes, o.file_size_bytes),
         ]
     )
     rows.append(
         [
             "gzip size",
-            _mb(b.compressed_size_bytes),
-            _mb(o.compressed_size_bytes),
+            format_size(b.compressed_size_bytes),
+            format_size(o.compressed_size_bytes),
             _ratio_text(b.compressed_size_bytes, o.compressed_size_bytes),
         ]
     )
@@ -394,7 +393,7 @@ def _outcome_candidates(report: Report) -> str:
             _num(c.speedup, "{:.2f}x"),
             _num(None if c.accuracy_drop is None else c.accuracy_drop * 100, "{:+.2f}"),
             _num(None if c.accept_drop is None else c.accept_drop * 100, "{:+.2f}"),
-            _mb(c.compressed_size_bytes),
+            format_size(c.compressed_size_bytes),
             "yes" if c.within_budget else ("no" if c.within_budget is False else ""),
             "yes" if c.pareto else "",
             _e(c.note or ""),

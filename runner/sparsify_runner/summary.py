@@ -23,8 +23,6 @@ def format_size(n: int | float | None) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-_mb = format_size
-
 
 PRUNING_MODES = ("unstructured", "channels")
 
@@ -124,14 +122,14 @@ def summary_table(report: Report) -> Table:
     table.add_row("throughput", _tput(b.latency), _tput(o.latency), "")
     table.add_row(
         "file size",
-        _mb(b.file_size_bytes),
-        _mb(o.file_size_bytes),
+        format_size(b.file_size_bytes),
+        format_size(o.file_size_bytes),
         _size_change(b.file_size_bytes, o.file_size_bytes),
     )
     table.add_row(
         "gzip size",
-        _mb(b.compressed_size_bytes),
-        _mb(o.compressed_size_bytes),
+        format_size(b.compressed_size_bytes),
+        format_size(o.compressed_size_bytes),
         _size_change(b.compressed_size_bytes, o.compressed_size_bytes),
     )
     table.add_row("parameters", _count(b.parameters), _count(o.parameters), "")
@@ -152,7 +150,7 @@ def front_table(front) -> Table:
             c.name + (" (chosen)" if c.chosen else ""),
             "-" if c.accuracy_drop is None else f"{c.accuracy_drop * 100:+.2f}",
             "-" if c.speedup is None else f"{c.speedup:.2f}x",
-            _mb(c.compressed_size_bytes),
+            format_size(c.compressed_size_bytes),
         )
     return table
 

@@ -396,6 +396,8 @@ def sweep_table(result: SweepResult, title: str = "sweep") -> Any:
     from rich import box
     from rich.table import Table
 
+    from .summary import format_size
+
     def num(x: float | None, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
@@ -433,7 +435,7 @@ def sweep_table(result: SweepResult, title: str = "sweep") -> Any:
             num(p.fidelity, ".4f"),
             "-" if p.latency_ms is None else f"{p.latency_ms:.3f} ms",
             "-" if p.speedup is None else f"{p.speedup:.2f}x",
-            "-" if p.size_bytes is None else f"{p.size_bytes / 1e6:.3f} MB",
+            format_size(p.size_bytes),
             ", ".join(marks),
         )
     return table

@@ -24,6 +24,7 @@ from ..quant_format import resolve_quant_format
 from ..recipes.levels import OutcomePolicy
 from ..report import LayerReport, Report
 from ..speedup import explain_speedup
+from ..summary import format_size
 
 MODEL_FILE = "model.onnx"
 MIN_ACCEPT_SAMPLES = 8
@@ -359,9 +360,9 @@ def run(ctx: RunContext) -> Report:
     report.speedup_source = _speedup_source(report, chosen, policy)
     if mode == "unstructured":
         report.notes.append(
-            f"file size {baseline.file_size_bytes / 1e6:.2f} -> {optimized.file_size_bytes / 1e6:.2f} MB, "
-            f"gzip {baseline.compressed_size_bytes / 1e6:.2f} -> "
-            f"{optimized.compressed_size_bytes / 1e6:.2f} MB: zeros from unstructured sparsity are "
+            f"file size {format_size(baseline.file_size_bytes)} -> {format_size(optimized.file_size_bytes)}, "
+            f"gzip {format_size(baseline.compressed_size_bytes)} -> "
+            f"{format_size(optimized.compressed_size_bytes)}: zeros from unstructured sparsity are "
             "stored densely, so only the compressed size shrinks from them"
         )
     tel.progress(1.0)
