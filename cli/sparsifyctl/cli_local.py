@@ -101,6 +101,9 @@ def _print_benchmark(results: list[tuple[str, Any]], scenario: str, json_out: bo
         a, b = results[0][1], results[1][1]
         ratio = b.median_ms / a.median_ms if a.median_ms else float("nan")
         typer.echo(f"speedup of {results[0][0]} over {results[1][0]}: {ratio:.2f}x (median latency)")
+    contention = results[0][1].contention_note() if scenario == "sync" else None
+    if contention:
+        typer.echo(f"note: {contention}", err=True)
 
 
 @app.command("compare")

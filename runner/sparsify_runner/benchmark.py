@@ -126,6 +126,23 @@ def _sessions(model_paths: list[Path], batch_size: int, device: str, tmp: Path, 
     return sessions, feeds, batches
 
 
+CONTENDED_CPU_PRESSURE = 0.2
+"""Share of the benchmark's wall time in which runnable work waited for a core, above which the
+timings are reported as taken on a contended machine: with more runnable threads than cores,
+onnxruntime's intra-op threads wait on descheduled peers and a multi-threaded FP32 model slows
+far more than an INT8 one (MobileNetV2 on 2 busy cores: 1.46x on one run, 6.3x on the next)."""
+
+
+def _cpu_stall_us() -> int | None:
+    """Cumulative microseconds in which some runnable task waited for a CPU (Linux PSI,
+    ``/proc/pressure/cpu``); None where the kernel does not expose it."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return int(line.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def measure_latency(
     model_paths: list[Path],
     *,
@@ -147,6 +164,7 @@ def measure_latency(
                 sess.run(None, feed)
         times: list[list[float]] = [[] for _ in sessions]
         budget = seconds * len(sessions)
+        stall_before = _cpu_stall_us()
         started = time.perf_counter()
         rounds = 0
         with bar("benchmark", round(budget, 1), enabled=show_progress) as b:
@@ -161,7 +179,14 @@ def measure_latency(
                 b.update(completed=min(elapsed, budget))
                 if elapsed >= budget and rounds >= min_iterations:
                     break
-    return [_stats(t, bs, provider) for t, bs in zip(times, batches, strict=True)]
+        stall_after = _cpu_stall_us()
+    pressure = None
+    if stall_before is not None and stall_after is not None and elapsed > 0:
+        pressure = round(min(1.0, (stall_after - stall_before) / 1e6 / elapsed), 4)
+    stats = [_stats(t, bs, provider) for t, bs in zip(times, batches, strict=True)]
+    for st in stats:
+        st.cpu_pressure = pressure
+    return stats
 
 
 def measure_async(

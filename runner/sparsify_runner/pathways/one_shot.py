@@ -334,6 +334,9 @@ def run(ctx: RunContext) -> Report:
             ctx, baseline_path, final_path, identical, plan.recipe.benchmark_seconds
         )
         lap("benchmark")
+        contention = None if identical else base_lat.contention_note()
+        if contention:
+            notes.append(contention)
         tel.progress(0.95)
 
     chosen = found.chosen if found is not None else None
