@@ -72,15 +72,15 @@ LOG="$DEST/build.log"
 : > "$LOG"
 declare -A TIMES=()
 
-# build NAME MODULE_DIR PACKAGE: go build into a temporary file, then rename (no half binary).
+# build NAME MODULE_DIR PACKAGE [LDFLAGS]: go build into a temporary file, then rename (no half binary).
 # Records wall and CPU (user + sys) seconds: on a shared machine the CPU figure is the stable one.
 build() {
-    local name="$1" dir="$2" pkg="$3" took rc=0
+    local name="$1" dir="$2" pkg="$3" ldflags="-s -w ${4:-}" took rc=0
     if [[ -x "$DEST/$name" ]]; then TIMES[$name]='{"wall_s": 0, "cpu_s": 0}'; return 0; fi
     echo "building $name ($pkg) ..." | tee -a "$LOG"
     took="$( { TIMEFORMAT='%R %U %S'; time (cd "$MODS/$dir" && CGO_ENABLED=0 \
             GOFLAGS="${GOFLAGS:-} -p=$JOBS -mod=readonly -trimpath -buildvcs=false" \
-            nice -n "$NICE" "$GO" build -ldflags="-s -w" -o "$DEST/$name.tmp" "$pkg" >>"$LOG" 2>&1); } 2>&1 )" || rc=$?
+            nice -n "$NICE" "$GO" build -ldflags="$ldflags" -o "$DEST/$name.tmp" "$pkg" >>"$LOG" 2>&1); } 2>&1 )" || rc=$?
     if [[ $rc -ne 0 ]]; then
         rm -f "$DEST/$name.tmp"
         echo "build-control-plane: building $name failed; see $LOG" >&2
@@ -94,7 +94,13 @@ build() {
 }
 
 build etcd etcd go.etcd.io/etcd/server/v3
-build apiextensions-apiserver apiextensions k8s.io/apiextensions-apiserver
+# stamp the Kubernetes version the staging module belongs to (v0.37.2 -> v1.37.2): unstamped, /version
+# says v0.0.0-master, which clients that check the server version (helm's kubeVersion) refuse
+KUBE_VERSION="v1.${APIEXT_VERSION#v0.}"
+KUBE_MINOR="${KUBE_VERSION#v1.}"; KUBE_MINOR="${KUBE_MINOR%%.*}"
+V=k8s.io/component-base/version
+build apiextensions-apiserver apiextensions k8s.io/apiextensions-apiserver \
+    "-X $V.gitVersion=$KUBE_VERSION -X $V.gitMajor=1 -X $V.gitMinor=$KUBE_MINOR -X $V.gitTreeState=clean"
 
 cat > "$DEST/build-times.json" <<EOF
 {"etcd": "$ETCD_VERSION", "apiextensions-apiserver": "$APIEXT_VERSION", "go": "$GO_VERSION", "jobs": $JOBS, "build": {"etcd": ${TIMES[etcd]}, "apiextensions-apiserver": ${TIMES[apiextensions-apiserver]}}}

@@ -297,7 +297,7 @@ def _start_etcd(binary: Path, work: Path) -> tuple[_Proc, str, float]:
     argv = [
         str(binary),
         "--name=test",
-        f"--data-dir={work / 'etcd-data'}",
+        f"--data-dir={work / f'etcd-data-{client_port}'}",
         f"--listen-client-urls={client_url}",
         f"--advertise-client-urls={client_url}",
         f"--listen-peer-urls={peer_url}",
@@ -370,6 +370,16 @@ def _start_apiserver(binary: Path, work: Path, etcd_url: str, certs: Certs) -> t
     return proc, server, kubeconfig, took
 
 
+def _retry_port_race(start, attempts: int = 3):
+    """A free port can be taken between choosing it and the server binding it: try again."""
+    for attempt in range(attempts):
+        try:
+            return start()
+        except RuntimeError as exc:
+            if "address already in use" not in str(exc) or attempt == attempts - 1:
+                raise
+
+
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory) -> Iterator[ControlPlane]:
     reason = _missing_reason()
@@ -377,10 +387,10 @@ def control_plane(tmp_path_factory) -> Iterator[ControlPlane]:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("control-plane")
     certs = _make_certs(work)
-    etcd, etcd_url, etcd_s = _start_etcd(PLANE_DIR / "etcd", work)
+    etcd, etcd_url, etcd_s = _retry_port_race(lambda: _start_etcd(PLANE_DIR / "etcd", work))
     try:
-        api, server, kubeconfig, api_s = _start_apiserver(
-            PLANE_DIR / "apiextensions-apiserver", work, etcd_url, certs
+        api, server, kubeconfig, api_s = _retry_port_race(
+            lambda: _start_apiserver(PLANE_DIR / "apiextensions-apiserver", work, etcd_url, certs)
         )
     except BaseException:
         etcd.stop()

@@ -197,6 +197,16 @@ def test_every_crd_is_established(crds_established, control_plane):
     print(f"control plane started in {control_plane.startup_s} s")
 
 
+def test_server_reports_its_kubernetes_version(control_plane):
+    """The build stamps the release (v0.37.2 -> v1.37.2): helm refuses the chart's kubeVersion
+    (>= 1.26) against an unstamped v0.0.0-master server."""
+    with urllib.request.urlopen(
+        f"{control_plane.server}/version", context=control_plane.ssl_context()
+    ) as resp:
+        version = json.load(resp)
+    assert version["gitVersion"].startswith("v1.") and version["major"] == "1", version
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_examples_are_accepted_and_defaulted(custom, path):
     created = _create(custom, _example(path))
