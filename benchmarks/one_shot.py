@@ -1,6 +1,8 @@
 """One-shot benchmark: MobileNetV2 (pretrained, photo crops, no labels), ResNet-50 (random
-weights) and MiniLM-L6 fine-tuned on Rotten Tomatoes (``minilm_rt``: 500 labelled held-out
-sentences, 1 x 128 tokens) at optim levels 0, 0.2, 0.5, 0.8 vs onnxruntime's stock
+weights), MiniLM-L6 fine-tuned on Rotten Tomatoes (``minilm_rt``: 500 labelled held-out
+sentences, 1 x 128 tokens) and MobileNetV2 fine-tuned on MNIST digits (``mobilenet_mnist``:
+500 labelled held-out digits, 1 x 3 x 96 x 96; ``examples/mnist_assets.py``) at optim levels
+0, 0.2, 0.5, 0.8 vs onnxruntime's stock
 ``quantize_static`` (default settings) and, for MiniLM, ``quantize_dynamic`` (what a CPU user
 of a transformer would pick), on onnxruntime CPU.
 
@@ -8,8 +10,12 @@ Prints one JSON document. Every ratio is measured side by side in this one proce
 the one-shot runs benchmark baseline vs optimized alternately, and the stock peer is timed
 in one alternating session with the baseline and our level-0.2 model.
 
-    python benchmarks/one_shot.py [--models mobilenet_v2 resnet50 minilm_rt] [--levels 0 0.2 0.5 0.8]
-        [--structures unstructured channels]
+    python benchmarks/one_shot.py [--models mobilenet_v2 resnet50 minilm_rt mobilenet_mnist]
+        [--levels 0 0.2 0.5 0.8] [--structures unstructured channels] [--repeats 1]
+
+``--repeats N`` runs each level N times: the entries ``LEVEL#2`` ... and the top-level
+``same_choice`` (did every repeat ship the same candidate, byte for byte?) show whether the
+same inputs give the same model.
 
 Levels of the ``channels`` structure are keyed ``channels:LEVEL`` (levels below 0.3 are
 INT8 only whatever the structure, so they run once, under ``unstructured``).
@@ -18,6 +24,7 @@ INT8 only whatever the structure, so they run once, under ``unstructured``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -69,6 +76,7 @@ def bench_model(
     overrides: dict,
     structures: tuple[str, ...] = ("unstructured",),
     use_case: str = "image-classification",
+    repeats: int = 1,
 ) -> dict:
     from sparsify_runner.benchmark import measure_latency
     from sparsify_runner.data.npz import load_npz_folder, split_samples
@@ -79,14 +87,17 @@ def bench_model(
 
     result: dict = {"model": name, "levels": {}}
     points = [
-        (structure, level)
+        (structure, level, repeat)
         for structure in structures
         for level in levels
         if structure == "unstructured" or level >= 0.3
+        for repeat in range(1, repeats + 1)
     ]
-    for structure, level in points:
-        key = str(level) if structure == "unstructured" else f"{structure}:{level}"
-        out = work / f"{name}-{key.replace(':', '-')}"
+    shipped: dict[str, set[str]] = {}
+    for structure, level, repeat in points:
+        point = str(level) if structure == "unstructured" else f"{structure}:{level}"
+        key = point if repeat == 1 else f"{point}#{repeat}"
+        out = work / f"{name}-{key.replace(':', '-').replace('#', '-r')}"
         exp = parse_experiment(
             {
                 "type": "one-shot",
@@ -143,8 +154,12 @@ def bench_model(
             "timings_s": report.timings_s,
         }
         result["levels"][key] = entry
+        digest = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+        shipped.setdefault(point, set()).add(digest)
         print(json.dumps({name: {key: entry}}), file=sys.stderr, flush=True)
 
+    if repeats > 1:
+        result["same_choice"] = {point: len(digests) == 1 for point, digests in shipped.items()}
     # the stock peer, same calibration / held-out split as the one-shot runs
     model_proto, inputs = load_static_model(model)
     del model_proto
@@ -200,7 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--models", nargs="+", default=["minilm_rt", "mobilenet_v2"],
-        choices=["minilm_rt", "mobilenet_v2", "resnet50"],
+        choices=["minilm_rt", "mobilenet_v2", "resnet50", "mobilenet_mnist"],
     )
     parser.add_argument("--levels", nargs="+", type=float, default=[0.0, 0.2, 0.5, 0.8])
     parser.add_argument(
@@ -211,6 +226,7 @@ def main() -> None:
     parser.add_argument(
         "--structures", nargs="+", default=["unstructured"], choices=["unstructured", "channels"]
     )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per level (same inputs, same choice?)")
     args = parser.parse_args()
 
     import os
@@ -233,7 +249,12 @@ def main() -> None:
         for name in args.models:
             overrides = json.loads(args.recipe_args)
             use_case = "image-classification"
-            if name == "minilm_rt":
+            if name == "mobilenet_mnist":
+                import mnist_assets
+
+                model, data = mnist_assets.build_mobilenet_mnist(ROOT / ".cache" / "mnist-mobilenet")
+                overrides = {**mnist_assets.recipe_args(500, 256), **overrides}
+            elif name == "minilm_rt":
                 import text_assets
 
                 model, data = text_assets.build_minilm_sentiment(
@@ -247,7 +268,7 @@ def main() -> None:
             out["results"].append(
                 bench_model(
                     name, model, data, args.levels, work, args.seconds, overrides,
-                    tuple(args.structures), use_case,
+                    tuple(args.structures), use_case, args.repeats,
                 )  # fmt: skip
             )
     print(json.dumps(out, indent=2))
