@@ -4,7 +4,6 @@ ONNX export, report."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 
 import torch
@@ -26,20 +25,23 @@ from ..recipes import (
 from ..recipes.schema import DistillationConfig, GMPConfig, PruningScheduleConfig, StructuredPruningConfig
 from ..report import Report
 from ..spec import ExperimentType
-from ..training import pipeline as P
+from ..speedup import ChannelCounts
+from ..training.config import TrainConfig
+from ..training.finish import TrainingOutcome
+from ..training.flow import TrainingPlan, run_training_pathway
+from ..training.loop import prunable_sparsity
+from ..training.reporting import ReportExtras, channel_layers
+from ..training.setup import TrainingSetup
 
 
 def run(ctx: RunContext) -> Report:
-    exp = ctx.experiment
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    ctx.telemetry.stage("load")
-    torch.manual_seed(exp.seed)
-    recipe, raw_cfg, splits, classes, train_count = P.common_setup(ctx)
-    loaded = P.load_task_model(ctx, ctx.model_path, exp.arch, splits, classes, raw_cfg)
-    teacher = P.load_teacher(ctx, splits, classes, raw_cfg, P.detector_size(loaded))
-    cfg = raw_cfg.resolved(kind=loaded.kind, train_count=train_count)
-    task = P.build_task(ctx, splits, cfg, loaded)
+    return run_training_pathway(ctx, ExperimentType.training_aware, plan_run)
+
+
+def plan_run(ctx: RunContext, setup: TrainingSetup) -> TrainingPlan:
+    """Mode, targets and phases from the optim level and the recipe: dense fine-tuning when
+    the model got a new head, then gradual pruning with distillation from the dense model."""
+    exp, recipe, cfg, task, loaded = ctx.experiment, setup.recipe, setup.cfg, setup.task, setup.student
     level = exp.optim_level
     mode = training_mode(level, exp.structure)
     dense_epochs = (
@@ -57,98 +59,47 @@ def run(ctx: RunContext) -> Report:
         if recipe.macs_reduction is not None
         else macs_reduction_for_level(ExperimentType.training_aware, level)
     )
-    effective = {
+    settings = {
         **recipe.settings(),
         "mode": mode,
         "arch": loaded.arch,
-        "classes": len(classes),
+        "classes": len(setup.classes),
         "target_sparsity": sparsity if mode == "unstructured" else 0.0,
         "target_macs_reduction": reduction if mode == "channels" else 0.0,
         "dense_epochs": dense_epochs,
         "train": asdict(cfg),
         **task.settings,
     }
-    store = P.make_store(ctx, "training-aware", effective, cfg, {})
-    notes = list(loaded.notes)
-    P.init_distributed()
-    t = P.elapsed(timings, "load", t)
-
-    model = loaded.module
-    history = []
     main_epochs = cfg.epochs if (prunes(level) or dense_epochs == 0) and level > 0 else 0
-    total = dense_epochs + main_epochs or 1
-    if dense_epochs:
-        history += P.run_dense_phase(
-            ctx, task, model, cfg, store, dense_epochs, (0.0, 0.8 * dense_epochs / total)
-        )
-        notes.append(
-            f"baseline = the model after {dense_epochs} epoch(s) of dense fine-tuning "
-            "(its checkpoint had no head for these classes)"
-            + ("" if teacher else "; it is also the distillation teacher")
-        )
-    baseline_model = P.copy_model(model)
-    t = P.elapsed(timings, "train_dense", t)
 
-    if main_epochs:
-        teacher_model = teacher.module if teacher else baseline_model
-        modifiers = main_phase_modifiers(
-            recipe, mode, model, task, cfg, main_epochs, sparsity, reduction, teacher_model
-        )
-        if teacher and recipe.distillation_weight > 0:
-            notes.append(f"distillation teacher: {exp.teacher} (--teacher)")
-        ctx.telemetry.stage("train-prune" if prunes(level) else "train")
-        trainer = P.make_trainer(
-            ctx,
-            task,
-            model,
-            P.with_epochs(cfg, main_epochs),
-            store,
-            phase="main",
-            modifiers=modifiers,
-            span=(0.8 * dense_epochs / total, 0.8),
-        )
-        history += trainer.fit()
-        model = trainer.bare_model
-        if trainer.resumed_from is not None:
-            notes.append(f"resumed from a checkpoint at step {trainer.resumed_from} of {trainer.total_steps}")
+    def main_modifiers(model: torch.nn.Module, teacher: torch.nn.Module | None) -> list[Modifier]:
+        return main_phase_modifiers(recipe, mode, model, task, cfg, main_epochs, sparsity, reduction, teacher)
 
-    done = P.finish_training(
-        ctx,
-        task,
-        model=model,
-        baseline_model=baseline_model,
-        recipe=recipe,
-        cfg=cfg,
-        store=store,
-        int8=int8_wanted(recipe.quantize, level),
-        qat_teacher=teacher.module if teacher else baseline_model,
-        keep_zeros=mode == "unstructured",
-        qat_epoch_offset=float(main_epochs),
-        loaded=loaded,
-        structured=mode == "channels",
-        history=history,
-        notes=notes,
-        timings=timings,
-        clock=t,
-    )
-    macs = None
-    if mode == "channels":
-        example = task.example_inputs(1)
-        macs = (count_macs(baseline_model, example), count_macs(done.trained_model, example))
-    effective.update(P.torch_param_stats(done.model), torch_val_accuracy=round(done.final_accuracy, 5))
-    report = P.build_report(
-        ctx,
+    def report_extras(outcome: TrainingOutcome, baseline_model: torch.nn.Module) -> ReportExtras:
+        extras = ReportExtras(sparsity=prunable_sparsity(outcome.model))
+        if mode == "channels":
+            example = task.example_inputs(1)
+            extras.channels = ChannelCounts(
+                count_macs(baseline_model, example), count_macs(outcome.trained_model, example)
+            )
+            extras.layers = channel_layers(baseline_model, outcome.model)
+        return extras
+
+    distilling = setup.teacher is not None and recipe.distillation_weight > 0
+    return TrainingPlan(
         mode=mode,
-        settings=effective,
-        result=done.result,
-        history=done.history,
-        notes=notes,
-        extra_layers=P.channel_layers(baseline_model, done.model) if mode == "channels" else None,
-        macs=macs,
-        sparsity=P.prunable_sparsity(done.model),
+        settings=settings,
+        int8=int8_wanted(recipe.quantize, level),
+        main_epochs=main_epochs,
+        main_stage="train-prune" if prunes(level) else "train",
+        main_modifiers=main_modifiers,
+        report_extras=report_extras,
+        keep_zeros=mode == "unstructured",
+        structured=mode == "channels",
+        dense_epochs=dense_epochs,
+        baseline_teaches=True,
+        main_notes=[f"distillation teacher: {exp.teacher} (--teacher)"] if distilling else [],
     )
-    report.timings_s.update(timings)
-    return report
 
 
 def main_phase_modifiers(
@@ -156,11 +107,11 @@ def main_phase_modifiers(
     mode: str,
     model: torch.nn.Module,
     task,
-    cfg: P.TrainConfig,
+    cfg: TrainConfig,
     main_epochs: int,
     sparsity: float,
     reduction: float,
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | None,
 ) -> list[Modifier]:
     """The recipe's main-phase modifiers, each from its own config: GMP or channel pruning on
     the recipe's schedule, then distillation."""
@@ -205,7 +156,7 @@ def main_phase_modifiers(
             )
         )
     distill = recipe.config(DistillationConfig)
-    if distill.distillation_weight > 0:
+    if teacher is not None and distill.distillation_weight > 0:
         modifiers.append(
             DistillationModifier(
                 teacher, weight=distill.distillation_weight, temperature=distill.distillation_temperature
