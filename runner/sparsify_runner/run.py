@@ -35,6 +35,7 @@ from .telemetry import Telemetry, from_environment
 log = logging.getLogger("sparsify.runner")
 
 MODEL_FILE = "model.onnx"
+MODEL_FOLDER = "model"  # text-generation ships a Hugging Face (compressed-tensors) folder instead
 REPORT_FILE = "report.json"
 HTML_REPORT_FILE = "report.html"
 # What a run writes at the top of a local output folder: the pathway's files (model.onnx; the
@@ -42,6 +43,7 @@ HTML_REPORT_FILE = "report.html"
 # reports, the completion marker, and the folders that publish and checkpoints work in.
 PUBLISHED_NAMES = (
     MODEL_FILE,
+    MODEL_FOLDER,
     "model.pt",
     "model-hf.tar",
     "examples",
@@ -186,13 +188,14 @@ def run_experiment(
                 started = time.perf_counter()
                 report = pathway(ctx)
                 report.timings_s["total"] = round(time.perf_counter() - started, 3)
-                if not (staging / MODEL_FILE).is_file():
+                model_name = MODEL_FILE if (staging / MODEL_FILE).is_file() else MODEL_FOLDER
+                if not (staging / model_name).exists():
                     raise SparsifyError(f"the {exp.type.value} pathway produced no {MODEL_FILE}")
                 report.experiment = redact_obj(report.experiment)
                 report.artifacts.update(
-                    {"model": output.uri_for(MODEL_FILE), "report": output.uri_for(REPORT_FILE)}
+                    {"model": output.uri_for(model_name), "report": output.uri_for(REPORT_FILE)}
                 )
-                if model_repository.add_to_staging(  # Triton/KServe layout, published with the model
+                if model_name == MODEL_FILE and model_repository.add_to_staging(  # Triton/KServe layout
                     staging, MODEL_FILE, experiment_name=exp.name, batch_size=exp.deploy.batch_size
                 ):
                     report.artifacts["serving"] = output.uri_for(model_repository.REPOSITORY_DIR)

@@ -69,7 +69,10 @@ USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
         "multi-label-text-classification",
         "nlp-multilabel_text_classification",
     ),
+    # one-shot only, on a Hugging Face causal-LM folder or GGUF (llm/, docs/llm.md)
+    "text-generation": ("text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"),
 }
+TEXT_GENERATION = "text-generation"
 TRAINING_USE_CASES = ("image-classification", "text-classification", "object-detection")
 TRAINING_NOTE = (
     "image-classification, text-classification (also sentiment-analysis and document-classification), "

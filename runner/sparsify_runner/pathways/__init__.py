@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..spec import ExperimentType
+from ..spec import TEXT_GENERATION, ExperimentType
 
 if TYPE_CHECKING:
     from ..context import RunContext
@@ -21,5 +21,14 @@ _MODULES = {
 
 def get_pathway(kind: ExperimentType) -> Callable[[RunContext], Report]:
     """Import lazily: the one-shot pathway does not pay for transformers, and so on."""
+    if kind is ExperimentType.one_shot:
+        return _one_shot
     module = importlib.import_module(f"{__name__}.{_MODULES[kind]}")
     return module.run
+
+
+def _one_shot(ctx: RunContext) -> Report:
+    """text-generation runs one-shot through llm-compressor (llm/); every other use case on ONNX."""
+    if ctx.experiment.use_case == TEXT_GENERATION:
+        return importlib.import_module("sparsify_runner.llm.pathway").run(ctx)
+    return importlib.import_module(f"{__name__}.one_shot").run(ctx)

@@ -1,0 +1,245 @@
+"""One-shot for ``--use-case text-generation``: validate, measure the dense model, search, ship.
+
+settings and policy (before any loading) -> the dense model (HF folder or dequantized GGUF) ->
+calibration / held-out windows -> dense perplexity -> candidates most compressed first through
+llm-compressor, each judged on the perplexity budget -> the chosen compressed-tensors folder
+(or the dense model unchanged) as ``model/`` in the staging folder -> reloaded with
+transformers and scored again -> ``LlmReport``. Scratch folders live outside the staging
+folder, so only the shipped model is published.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..context import RunContext
+from ..errors import InputError
+from ..spec import Objective
+from . import perplexity
+from .choose import SearchResult, search
+from .compress import CandidateOutcome, run_candidate
+from .levels import LlmPolicy, llm_policy
+from .model_loading import Baseline, load_model, load_tokenizer, prepare_baseline, ship_baseline
+from .report import LlmCandidate, LlmReport, PerplexityReport, folder_stats
+from .schemes import SCHEMES, GroupChoice, SchemeName, choose_group_size, quantized_in_features
+from .settings import LlmSettings, settings_from
+from .text_data import TextWindows, load_windows
+
+MODEL_DIR = "model"
+RELOAD_TOLERANCE = 1e-3
+"""Largest relative difference between the shipped model's perplexity in memory and after reload."""
+NO_SPEED = (
+    "speed is not measured yet for text-generation: the CPU 4-bit ONNX export and its decode timing "
+    "are still to come (docs/llm.md); fewer weight bytes is what makes decoding faster on vLLM"
+)
+
+
+def run(ctx: RunContext) -> LlmReport:
+    exp = ctx.experiment
+    settings = settings_from(exp)
+    policy = llm_policy(
+        exp.optim_level,
+        objective=exp.objective,
+        device=exp.deploy.device,
+        max_increase=exp.max_accuracy_drop,
+        only=settings.schemes,
+    )
+    if ctx.model_path is None:
+        raise InputError("text-generation needs --model: a Hugging Face causal-LM folder or a .gguf file")
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sparsify-llm-") as scratch_name:
+        scratch = Path(scratch_name)
+        clock = time.perf_counter()
+        ctx.telemetry.stage("load")
+        baseline = prepare_baseline(ctx.model_path, scratch)
+        tokenizer = load_tokenizer(baseline.folder)
+        windows = load_windows(
+            ctx.data_path,
+            tokenizer,
+            sequence_length=settings.sequence_length,
+            calibration_samples=settings.calibration_samples,
+            eval_samples=settings.eval_samples,
+        )
+        dense = load_model(baseline.folder)
+        parameters = sum(p.numel() for p in dense.parameters())
+        group = _group_size(settings, policy, dense)
+        timings["load"] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+        ctx.telemetry.stage("evaluate")
+        base_ppl = perplexity.measure(dense, windows.held_out)
+        del dense
+        timings["baseline_perplexity"] = round(time.perf_counter() - clock, 3)
+        ctx.telemetry.evaluation("baseline_perplexity", base_ppl.value)
+
+        def build(scheme: SchemeName) -> CandidateOutcome:
+            ctx.telemetry.stage(f"candidate {scheme.value}")
+            return run_candidate(
+                scheme,
+                dense_folder=baseline.folder,
+                tokenizer=tokenizer,
+                group_size=group.size,
+                calibration=windows.calibration,
+                held_out=windows.held_out,
+                out_dir=scratch / "candidates" / scheme.value,
+            )
+
+        clock = time.perf_counter()
+        result = search(policy, base_ppl, build, lambda outcome: outcome.perplexity)
+        timings["search"] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+        ctx.telemetry.stage("save")
+        target = ctx.work_dir / MODEL_DIR
+        chosen = result.chosen
+        if chosen is None:
+            ship_baseline(baseline, target)
+        else:
+            shutil.move(str(chosen.outcome.folder), target)
+        reloaded = perplexity.measure(load_model(target), windows.held_out)
+        timings["reload_perplexity"] = round(time.perf_counter() - clock, 3)
+        candidates = _candidates(result, target, parameters)
+        baseline_stats = folder_stats(baseline.folder, parameters)
+    pruned = chosen is not None and SCHEMES[chosen.scheme].sparsity > 0
+    shipped_stats = folder_stats(target, parameters, chosen.outcome.sparsity if pruned else 0.0)
+    shipped_ppl = chosen.outcome.perplexity if chosen else base_ppl
+    increase = chosen.increase if chosen else perplexity.relative_increase(base_ppl, base_ppl)
+    ctx.telemetry.evaluation("optimized_perplexity", shipped_ppl.value)
+    ppl_report = PerplexityReport(
+        windows=base_ppl.windows,
+        sequence_length=windows.sequence_length,
+        tokens_scored=base_ppl.tokens,
+        baseline=round(base_ppl.value, 4),
+        baseline_interval=[round(base_ppl.low, 4), round(base_ppl.high, 4)],
+        optimized=round(shipped_ppl.value, 4),
+        optimized_interval=[round(shipped_ppl.low, 4), round(shipped_ppl.high, 4)],
+        increase=round(increase.value, 6),
+        increase_interval=[round(increase.low, 6), round(increase.high, 6)],
+        budget=policy.max_perplexity_increase,
+        reloaded=round(reloaded.value, 4),
+    )
+    return LlmReport.of(
+        baseline=baseline_stats,
+        optimized=shipped_stats,
+        identical=chosen is None,
+        experiment=exp.to_wire(),
+        mode=_mode(chosen.scheme if chosen else None, policy),
+        settings=_settings(settings, group, baseline, windows),
+        policy={
+            **policy.to_dict(),
+            "chosen": chosen.scheme.value if chosen else None,
+            "reason": result.reason(policy),
+        },
+        candidates=candidates,
+        perplexity=ppl_report,
+        data=windows.describe(),
+        speedup_source=NO_SPEED,
+        notes=_notes(baseline, group, policy, ppl_report, shipped_ppl, reloaded, exp.objective),
+        timings_s=timings,
+    )
+
+
+def _group_size(settings: LlmSettings, policy: LlmPolicy, model) -> GroupChoice:
+    widths = quantized_in_features(model)
+    if settings.group_size is not None:
+        misfit = sorted({w for w in widths if w % settings.group_size})
+        if misfit and any(SCHEMES[s].grouped for s in policy.schemes):
+            raise InputError(
+                f"--recipe-args 'group_size' {settings.group_size} does not divide the input "
+                f"width(s) {misfit} of "
+                "the model's layers; leave it out to have one chosen"
+            )
+        return GroupChoice(settings.group_size, None)
+    try:
+        return choose_group_size(widths)
+    except ValueError as err:
+        if any(SCHEMES[s].grouped for s in policy.schemes):
+            raise InputError(f"--model: {err}; 4-bit schemes cannot fit this model") from None
+        return GroupChoice(0, None)
+
+
+def _mode(scheme: SchemeName | None, policy: LlmPolicy) -> str:
+    if scheme is None:
+        return "baseline"
+    return "unstructured" if SCHEMES[scheme].sparsity > 0 else "quantization-only"
+
+
+def _candidates(result: SearchResult[CandidateOutcome], shipped: Path, parameters: int) -> list[LlmCandidate]:
+    records = []
+    chosen = result.chosen
+    for judged in result.judged:
+        outcome, info = judged.outcome, SCHEMES[judged.scheme]
+        stats = folder_stats(shipped if judged is chosen else outcome.folder, parameters)
+        records.append(
+            LlmCandidate(
+                name=judged.scheme.value,
+                scheme=info.how,
+                chosen=judged is chosen,
+                stage="sparsity+quantization" if info.sparsity else "quantization",
+                perplexity=round(outcome.perplexity.value, 4),
+                perplexity_interval=[round(outcome.perplexity.low, 4), round(outcome.perplexity.high, 4)],
+                accuracy_drop=round(judged.increase.value, 6),
+                accuracy_drop_interval=[round(judged.increase.low, 6), round(judged.increase.high, 6)],
+                within_budget=judged.within_budget,
+                size_bytes=stats.file_size_bytes,
+                compressed_size_bytes=stats.compressed_size_bytes,
+                sparsity=round(outcome.sparsity, 6) if info.sparsity else None,
+                compress_seconds=round(outcome.compress_seconds, 3),
+                note="accuracy_drop is the relative perplexity increase over the dense model",
+            )
+        )
+    for scheme in result.skipped:
+        records.append(
+            LlmCandidate(
+                name=scheme.value,
+                scheme=SCHEMES[scheme].how,
+                chosen=False,
+                stage="quantization",
+                note="not built: a more compressed candidate was already within budget",
+            )
+        )
+    return records
+
+
+def _settings(settings: LlmSettings, group: GroupChoice, baseline: Baseline, windows: TextWindows) -> dict:
+    return {
+        **settings.to_dict(),
+        "group_size": group.size or None,
+        "model_source": baseline.source,
+        "architecture": baseline.architecture,
+        "output_format": "compressed-tensors (save_compressed=True)",
+        "holdout_samples": int(windows.held_out.shape[0]),
+        "holdout_disjoint": True,
+    }
+
+
+def _notes(baseline, group, policy, ppl, shipped_ppl, reloaded, objective) -> list[str]:
+    notes = list(baseline.notes)
+    if group.note and any(SCHEMES[s].grouped for s in policy.schemes):
+        notes.append(group.note)
+    notes.append(
+        f"held-out perplexity ({ppl.windows} windows of {ppl.sequence_length} tokens): dense "
+        f"{ppl.baseline:.3f} "
+        f"(90% {ppl.baseline_interval[0]:.3f}-{ppl.baseline_interval[1]:.3f}), shipped {ppl.optimized:.3f}, "
+        f"{ppl.increase:+.2%} (90% {ppl.increase_interval[0]:+.2%} to "
+        f"{ppl.increase_interval[1]:+.2%}) against a "
+        f"budget of +{ppl.budget:.1%}"
+    )
+    drift = abs(reloaded.value / shipped_ppl.value - 1.0)
+    if drift <= RELOAD_TOLERANCE:
+        notes.append(
+            f"transformers reloads the published folder to perplexity {reloaded.value:.3f} (same model)"
+        )
+    else:
+        notes.append(
+            f"the published folder reloads to perplexity {reloaded.value:.3f}, {drift:.2%} away from the "
+            f"{shipped_ppl.value:.3f} measured before saving"
+        )
+    if objective is Objective.size and any(SCHEMES[s].sparsity for s in policy.schemes):
+        notes.append(
+            "sparsity makes the weights compress better but buys no speed: vLLM and onnxruntime "
+            "multiply zeros "
+            "like any weight, and compressed-tensors 0.19 stores sparse weights dense"
+        )
+    return notes

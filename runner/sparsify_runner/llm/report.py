@@ -1,0 +1,71 @@
+"""report.json for a text-generation run: the project's Report with perplexity where it fits.
+
+``LlmReport`` extends ``report.Report`` (readers that know only ``Report`` ignore the extra
+section): ``perplexity`` holds the baseline and shipped model's held-out perplexity with
+intervals, the relative increase against the budget, and the perplexity transformers gets
+after reloading the saved folder. Each candidate is a ``CandidateRecord`` whose
+``accuracy_drop`` is the budget's metric, the relative perplexity increase.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from ..report import CandidateRecord, ModelStats, Report
+
+GZIP_LEVEL = 1
+"""Fast deflate for multi-GB folders; zeros and repeated bytes still shrink."""
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+class LlmCandidate(CandidateRecord):
+    scheme: str | None = None
+    perplexity: float | None = None
+    perplexity_interval: list[float] | None = None
+    compress_seconds: float | None = None
+
+
+class PerplexityReport(BaseModel):
+    windows: int
+    sequence_length: int
+    tokens_scored: int
+    baseline: float
+    baseline_interval: list[float]
+    optimized: float
+    optimized_interval: list[float]
+    increase: float = Field(description="optimized / baseline perplexity - 1 on the same windows")
+    increase_interval: list[float] = Field(description="paired bootstrap over windows, 90%")
+    budget: float
+    reloaded: float | None = Field(
+        None, description="perplexity of the published folder reloaded with transformers (same windows)"
+    )
+
+
+class LlmReport(Report):
+    candidates: list[LlmCandidate] = Field(default_factory=list)
+    perplexity: PerplexityReport
+    data: dict = Field(default_factory=dict, description="where calibration and held-out windows came from")
+
+
+def folder_stats(folder: Path, parameters: int, sparsity: float = 0.0) -> ModelStats:
+    """Bytes of the weight files, their deflate size, parameters, zero share of the quantized layers."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    size = sum(p.stat().st_size for p in files)
+    return ModelStats(
+        file_size_bytes=size,
+        compressed_size_bytes=sum(_deflated(p) for p in files),
+        parameters=parameters,
+        sparsity=round(sparsity, 6),
+    )
+
+
+def _deflated(path: Path, chunk: int = 1 << 22) -> int:
+    packer = zlib.compressobj(GZIP_LEVEL)
+    total = 0
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            total += len(packer.compress(block))
+    return total + len(packer.flush())
