@@ -152,6 +152,9 @@ def export_and_measure(
     set_metrics(baseline, base_metrics)
     set_metrics(optimized, final_metrics)
     baseline.latency, optimized.latency = latencies[0], latencies[1]
+    contention = latencies[0].contention_note()
+    if contention:
+        notes.append(contention)
     ctx.telemetry.evaluation(task.metric, final_acc)
     if exp.eval_metric in ("f1", "recall"):  # macro scores next to accuracy; the chosen one headlines
         from ..evaluate import macro_f1, macro_recall
