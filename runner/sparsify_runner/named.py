@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError, TransientError
-from .spec import Experiment, ExperimentType, uri_scheme
+from .spec import Experiment, ExperimentType, UseCase, uri_scheme
 
 log = logging.getLogger("sparsify.named")
 
 FILE_SUFFIXES = (".onnx", ".pt", ".pth", ".safetensors", ".tar", ".gz", ".tgz", ".bin", ".zip", ".npz")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-TEXT_USE_CASES = ("text-classification",)
+TEXT_USE_CASES = (UseCase.text_classification,)
 
 # The original's name rewriting: a bare GLUE task is ("glue", task).
 GLUE_TASKS = (
@@ -277,7 +277,7 @@ def resolve_data(exp: Experiment, *, show_progress: bool = False) -> Path | None
     name = exp.data
     if exp.type == ExperimentType.one_shot or not is_name(name):
         return None
-    if exp.use_case == "image-classification":
+    if exp.use_case == UseCase.image_classification:
         return image_dataset(name, show_progress=show_progress)
     if exp.use_case in TEXT_USE_CASES:
         from .data.hf_datasets import materialize_hub_dataset

@@ -9,7 +9,7 @@ JSON/YAML experiment files); both spellings are accepted on input.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,13 +28,29 @@ class ExperimentType(str, Enum):  # noqa: UP042 (plain str mixin keeps pydantic/
     training_aware = "training-aware"
 
 
+class UseCase(StrEnum):
+    """The use cases the product knows by name (``Experiment.use_case`` is a plain string,
+    since one-shot also accepts ``custom:NAME``; compare it with these members)."""
+
+    image_classification = "image-classification"
+    text_classification = "text-classification"
+    object_detection = "object-detection"
+    text_generation = "text-generation"
+    segmentation = "segmentation"
+    question_answering = "question-answering"
+    token_classification = "token-classification"
+    masked_language_modeling = "masked-language-modeling"
+    information_retrieval = "information-retrieval"
+    multilabel_text_classification = "multilabel-text-classification"
+
+
 # The original product's use-case registry: canonical name -> its aliases. Matching ignores
 # case, '-', '_' and spaces, and a domain prefix ('cv-', 'nlp-'), as the original did.
 # Sentiment analysis and document classification are single-label sequence classification,
 # so they train as text-classification; the rest are accepted for one-shot on an ONNX model.
 USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
-    "image-classification": ("image_classification", "ic", "classification", "cv-classification"),
-    "text-classification": (
+    UseCase.image_classification: ("image_classification", "ic", "classification", "cv-classification"),
+    UseCase.text_classification: (
         "text_classification",
         "nlp-text_classification",
         "nlp-text-classification",
@@ -47,33 +63,33 @@ USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
         "nlp-document_classification",
         "glue",
     ),
-    "object-detection": ("object_detection", "od", "detection", "cv-detection", "yolo"),
-    "segmentation": ("seg", "image-segmentation", "image_segmentation", "cv-segmentation"),
-    "question-answering": ("question_answering", "qa", "nlp-question_answering"),
-    "token-classification": (
+    UseCase.object_detection: ("object_detection", "od", "detection", "cv-detection", "yolo"),
+    UseCase.segmentation: ("seg", "image-segmentation", "image_segmentation", "cv-segmentation"),
+    UseCase.question_answering: ("question_answering", "qa", "nlp-question_answering"),
+    UseCase.token_classification: (
         "token_classification",
         "ner",
         "named-entity-recognition",
         "named_entity_recognition",
         "nlp-token_classification",
     ),
-    "masked-language-modeling": (
+    UseCase.masked_language_modeling: (
         "masked_language_modeling",
         "mlm",
         "fill-mask",
         "nlp-masked_language_modeling",
     ),
-    "information-retrieval": ("information_retrieval", "ir", "nlp-information_retrieval"),
-    "multilabel-text-classification": (
+    UseCase.information_retrieval: ("information_retrieval", "ir", "nlp-information_retrieval"),
+    UseCase.multilabel_text_classification: (
         "multilabel_text_classification",
         "multi-label-text-classification",
         "nlp-multilabel_text_classification",
     ),
     # one-shot only, on a Hugging Face causal-LM folder or GGUF (llm/, docs/llm.md)
-    "text-generation": ("text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"),
+    UseCase.text_generation: ("text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"),
 }
-TEXT_GENERATION = "text-generation"
-TRAINING_USE_CASES = ("image-classification", "text-classification", "object-detection")
+TEXT_GENERATION = UseCase.text_generation
+TRAINING_USE_CASES = (UseCase.image_classification, UseCase.text_classification, UseCase.object_detection)
 TRAINING_NOTE = (
     "image-classification, text-classification (also sentiment-analysis and document-classification), "
     "object-detection"
@@ -92,7 +108,7 @@ def _use_case_key(value: str) -> str:
 _USE_CASE_KEYS: dict[str, str] = {}
 for _canonical, _aliases in USE_CASE_ALIASES.items():
     for _name in (_canonical, *_aliases):
-        _USE_CASE_KEYS["".join(ch for ch in _name.lower() if ch not in "-_ ")] = _canonical
+        _USE_CASE_KEYS["".join(ch for ch in _name.lower() if ch not in "-_ ")] = str(_canonical)
 
 
 CUSTOM_PREFIX = "custom:"
@@ -301,12 +317,12 @@ class Experiment(_Model):
                 f"use case '{self.use_case}' is not supported for {self.type.value}; training supports "
                 f"{TRAINING_NOTE}; other use cases work with one-shot on an ONNX model"
             )
-        if self.eval_metric in DETECTION_METRICS and self.use_case != "object-detection":
+        if self.eval_metric in DETECTION_METRICS and self.use_case != UseCase.object_detection:
             raise ValueError(
                 f"eval metric '{self.eval_metric}' is for object-detection, not '{self.use_case}'; "
                 "use accuracy, f1, recall or fidelity"
             )
-        if self.use_case == "object-detection" and self.eval_metric in ("accuracy", "f1", "recall"):
+        if self.use_case == UseCase.object_detection and self.eval_metric in ("accuracy", "f1", "recall"):
             raise ValueError(
                 f"eval metric '{self.eval_metric}' is for classification; object-detection reports mAP "
                 "(mAP@0.5:0.95), mAP50 or fidelity"
@@ -316,6 +332,12 @@ class Experiment(_Model):
         return self
 
     # ---- (de)serialization -------------------------------------------------------------
+    @property
+    def is_detection(self) -> bool:
+        """An object detector: every output is kept (boxes and scores), accuracy is mAP and
+        fidelity compares boxes. The one place the task kind is read from the use case."""
+        return self.use_case == UseCase.object_detection
+
     def to_wire(self) -> dict[str, Any]:
         """camelCase JSON-compatible dict (the CRD/experiment-file form)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)

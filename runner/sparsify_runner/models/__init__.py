@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..spec import UseCase
+
 
 @dataclass
 class LoadedModel:
@@ -36,11 +38,11 @@ def load_model(
 ) -> LoadedModel:
     """Dispatch on the use case (image: torchvision + state dict; detection: a detector
     architecture + state dict at a static input size; text: Hugging Face)."""
-    if use_case == "object-detection":
+    if use_case == UseCase.object_detection:
         from .detection.load import load_detection_model
 
         return load_detection_model(path, arch, classes, image_size=image_size, default_size=default_size)
-    if use_case == "image-classification":
+    if use_case == UseCase.image_classification:
         from .vision import load_vision_model
 
         return load_vision_model(path, arch, len(classes))

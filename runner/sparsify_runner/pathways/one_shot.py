@@ -241,7 +241,7 @@ def run(ctx: RunContext) -> Report:
     tel.stage("load")
     plan = _plan(ctx)
     policy = plan.policy
-    detector = exp.use_case == "object-detection"
+    detector = exp.is_detection
     model, inputs = load_static_model(ctx.model_path)
     samples = _samples(ctx, plan, inputs, detector)
     notes: list[str] = list(samples.notes)

@@ -29,6 +29,7 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..spec import UseCase
 from .batching import DynamicBatcher
 from .model import ServedModel
 from .protocol import (
@@ -311,7 +312,7 @@ def create_app(
                 404,
                 "no task configured; start the server with --task image-classification|text-classification",
             )
-        if task.use_case == "image-classification":
+        if task.use_case == UseCase.image_classification:
             feeds = await run_in_threadpool(task.preprocess, await _images(request))
         else:
             texts, pairs = await _texts(request)

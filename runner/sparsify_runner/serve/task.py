@@ -11,11 +11,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..model_card import METADATA_KEY, ServingInfo
-from ..spec import normalize_use_case
+from ..spec import UseCase, normalize_use_case
 from .model import ServedModel
 from .protocol import ProtocolError
 
-SUPPORTED = ("image-classification", "text-classification")
+SUPPORTED = (UseCase.image_classification, UseCase.text_classification)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ class ClassifierTask:
 
 
 class ImageClassification(ClassifierTask):
-    use_case = "image-classification"
+    use_case = UseCase.image_classification
 
     def __init__(self, model: ServedModel, card: ServingInfo) -> None:
         super().__init__(model, card)
@@ -92,7 +92,7 @@ class ImageClassification(ClassifierTask):
 
 
 class TextClassification(ClassifierTask):
-    use_case = "text-classification"
+    use_case = UseCase.text_classification
 
     def __init__(self, model: ServedModel, card: ServingInfo) -> None:
         super().__init__(model, card)
@@ -141,7 +141,7 @@ class TextClassification(ClassifierTask):
 def make_task(use_case: str, model: ServedModel) -> ClassifierTask:
     """The handler for ``--task``; InputError (one line) when the model cannot do it."""
     canonical = normalize_use_case(use_case)
-    if canonical == "object-detection":
+    if canonical == UseCase.object_detection:
         raise InputError(
             "--task object-detection: serving a detector with --task is not built yet in this project; serve "
             "the model without --task, post tensors to /v2/models/NAME/infer and run NMS on boxes/scores"
@@ -162,4 +162,5 @@ def make_task(use_case: str, model: ServedModel) -> ClassifierTask:
             f"--task {canonical}: model '{model.path}' was trained for {card.use_case}; "
             f"use --task {card.use_case}"
         )
-    return (ImageClassification if canonical == "image-classification" else TextClassification)(model, card)
+    task = ImageClassification if canonical == UseCase.image_classification else TextClassification
+    return task(model, card)

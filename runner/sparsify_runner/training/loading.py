@@ -42,7 +42,7 @@ def load_task_model(
     from ..models import load_model
 
     kwargs = {}
-    if ctx.experiment.use_case == "object-detection":
+    if ctx.experiment.is_detection:
         from .detection_task import default_detection_size
 
         kwargs = {"image_size": cfg.image_size or None, "default_size": default_detection_size(splits, None)}

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..context import RunContext
 from ..errors import InputError
+from ..spec import UseCase
 from .config import TrainConfig, parse_train_kwargs
 from .loading import ModelChoice, detector_size, load_task_model, load_teacher
 from .task import Task, default_max_length, image_task, text_task
@@ -65,7 +66,7 @@ def inspect_data(ctx: RunContext) -> tuple[Any, list[str], int]:
     from ..data.hf_datasets import inspect_hf, is_saved_dataset, split_data_kwargs
 
     options, _ = split_data_kwargs(ctx.experiment.train_kwargs)
-    if ctx.experiment.use_case == "object-detection":
+    if ctx.experiment.is_detection:
         from ..data.detection import inspect_detection
 
         if options:
@@ -80,13 +81,13 @@ def inspect_data(ctx: RunContext) -> tuple[Any, list[str], int]:
                 "add labelled validation images"
             )
         return splits, splits.classes, len(splits.train)
-    saved = ctx.experiment.use_case != "image-classification" and is_saved_dataset(ctx.data_path)
+    saved = ctx.experiment.use_case != UseCase.image_classification and is_saved_dataset(ctx.data_path)
     if options and not saved:
         raise InputError(
             f"train-kwargs {sorted(options)} select columns/splits of a Hugging Face dataset, but data "
             f"'{ctx.experiment.data}' is not one (a save_to_disk folder or a hub id); drop them"
         )
-    if ctx.experiment.use_case == "image-classification":
+    if ctx.experiment.use_case == UseCase.image_classification:
         from ..data.imagefolder import inspect_imagefolder
 
         splits = inspect_imagefolder(ctx.data_path)
@@ -118,7 +119,7 @@ def build_task(ctx: RunContext, splits, cfg: TrainConfig, loaded: LoadedModel) -
     """The use case's ``Task`` over the data, at the model's input size or token length."""
     seed = ctx.experiment.seed
     tokenizer = loaded.tokenizer
-    if ctx.experiment.use_case == "object-detection":
+    if ctx.experiment.is_detection:
         from .detection_task import detection_task
 
         return detection_task(
@@ -129,7 +130,7 @@ def build_task(ctx: RunContext, splits, cfg: TrainConfig, loaded: LoadedModel) -
             max_val=cfg.max_val_samples,
             seed=seed,
         )
-    if ctx.experiment.use_case == "image-classification":
+    if ctx.experiment.use_case == UseCase.image_classification:
         from ..data.imagefolder import default_image_size
 
         size = cfg.image_size or default_image_size(splits)
