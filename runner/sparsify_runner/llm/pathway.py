@@ -106,19 +106,7 @@ def run(ctx: RunContext) -> LlmReport:
     shipped_ppl = chosen.outcome.perplexity if chosen else base_ppl
     increase = chosen.increase if chosen else perplexity.relative_increase(base_ppl, base_ppl)
     ctx.telemetry.evaluation("optimized_perplexity", shipped_ppl.value)
-    ppl_report = PerplexityReport(
-        windows=base_ppl.windows,
-        sequence_length=windows.sequence_length,
-        tokens_scored=base_ppl.tokens,
-        baseline=round(base_ppl.value, 4),
-        baseline_interval=[round(base_ppl.low, 4), round(base_ppl.high, 4)],
-        optimized=round(shipped_ppl.value, 4),
-        optimized_interval=[round(shipped_ppl.low, 4), round(shipped_ppl.high, 4)],
-        increase=round(increase.value, 6),
-        increase_interval=[round(increase.low, 6), round(increase.high, 6)],
-        budget=policy.max_perplexity_increase,
-        reloaded=round(reloaded.value, 4),
-    )
+    ppl_report = _perplexity_report(base_ppl, shipped_ppl, increase, reloaded, windows, policy)
     return LlmReport.of(
         baseline=baseline_stats,
         optimized=shipped_stats,
@@ -137,6 +125,29 @@ def run(ctx: RunContext) -> LlmReport:
         speedup_source=NO_SPEED,
         notes=_notes(baseline, group, policy, ppl_report, shipped_ppl, reloaded, exp.objective),
         timings_s=timings,
+    )
+
+
+def _perplexity_report(
+    base: perplexity.Perplexity,
+    shipped: perplexity.Perplexity,
+    increase: perplexity.Increase,
+    reloaded: perplexity.Perplexity,
+    windows: TextWindows,
+    policy: LlmPolicy,
+) -> PerplexityReport:
+    return PerplexityReport(
+        windows=base.windows,
+        sequence_length=windows.sequence_length,
+        tokens_scored=base.tokens,
+        baseline=round(base.value, 4),
+        baseline_interval=[round(base.low, 4), round(base.high, 4)],
+        optimized=round(shipped.value, 4),
+        optimized_interval=[round(shipped.low, 4), round(shipped.high, 4)],
+        increase=round(increase.value, 6),
+        increase_interval=[round(increase.low, 6), round(increase.high, 6)],
+        budget=policy.max_perplexity_increase,
+        reloaded=round(reloaded.value, 4),
     )
 
 
