@@ -179,7 +179,7 @@ class PrometheusTelemetry(Telemetry):
             "model_accuracy_ratio", "Accuracy on the validation data.", ["model"], registry=reg, namespace=ns
         )
         self.speedup = Gauge(
-            "speedup_ratio", "Baseline / optimized mean latency.", registry=reg, namespace=ns
+            "speedup_ratio", "Baseline / optimized median latency.", registry=reg, namespace=ns
         )
         self.fidelity = Gauge(
             "fidelity_ratio", "Agreement of optimized outputs with the baseline.", registry=reg, namespace=ns

@@ -39,11 +39,20 @@ class TextSplits:
         return [index[_label(r)] for r in rows]
 
 
+def split_file(root: Path, stems: tuple[str, ...], suffixes: tuple[str, ...]) -> Path | None:
+    """The first ``root/STEM.SUFFIX`` that is a file, stems first (``train.csv`` before
+    ``calibration.csv``), or None."""
+    for stem in stems:
+        for suffix in suffixes:
+            if (root / f"{stem}{suffix}").is_file():
+                return root / f"{stem}{suffix}"
+    return None
+
+
 def _find(root: Path, split: str) -> Path:
-    for name in SPLIT_NAMES[split]:
-        for suffix in SUFFIXES:
-            if (root / f"{name}{suffix}").is_file():
-                return root / f"{name}{suffix}"
+    found = split_file(root, SPLIT_NAMES[split], SUFFIXES)
+    if found is not None:
+        return found
     raise InputError(
         f"data folder '{root}' has no {split} file; text classification expects "
         f"{SPLIT_NAMES[split][0]}.csv or {SPLIT_NAMES[split][0]}.jsonl with a 'label' column"

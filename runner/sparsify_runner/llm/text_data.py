@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.text import split_file
 from ..errors import InputError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -78,10 +79,9 @@ def read_documents(path: Path) -> list[str]:
 
 
 def _split_file(root: Path, role: str) -> Path:
-    for stem in SPLITS[role]:
-        for suffix in TEXT_SUFFIXES:
-            if (root / f"{stem}{suffix}").is_file():
-                return root / f"{stem}{suffix}"
+    found = split_file(root, SPLITS[role], TEXT_SUFFIXES)
+    if found is not None:
+        return found
     raise InputError(
         f"--data folder '{root}' has no {role} file; put the calibration text in train.txt/.jsonl/.csv "
         "and the held-out text in val.txt/.jsonl/.csv, or pass one file"
