@@ -162,12 +162,14 @@ def test_int8_pick_re_times_close_contenders_side_by_side_before_choosing():
                 c.speedup, c.retimed = self.side_by_side[c.name], True
 
     far = cand("int8-gptq", 1.5)  # outside the re-timing band: its first timing stands
-    b = Builder([cand("int8-u8s8", 2.16), cand("int8-s8s8", 2.0), far], {"int8-u8s8": 2.02, "int8-s8s8": 2.03})
+    side_by_side = {"int8-u8s8": 2.02, "int8-s8s8": 2.03}
+    b = Builder([cand("int8-u8s8", 2.16), cand("int8-s8s8", 2.0), far], side_by_side)
     assert pick(b, 0.9, 1.0).name == "int8-s8s8"
     assert sorted(b.retimed) == ["int8-s8s8", "int8-u8s8"] and not far.retimed
     lone = Builder([cand("int8-u8s8", 2.1), far], {})
     assert pick(lone, 0.9, 1.0).name == "int8-u8s8" and lone.retimed == []  # nothing close: no re-timing
-    slower = Builder([cand("int8-u8s8", 1.05), cand("int8-s8s8", 1.0)], {"int8-u8s8": 0.97, "int8-s8s8": 0.96})
+    side_by_side = {"int8-u8s8": 0.97, "int8-s8s8": 0.96}
+    slower = Builder([cand("int8-u8s8", 1.05), cand("int8-s8s8", 1.0)], side_by_side)
     assert pick(slower, 0.9, 1.0) is None  # re-timed below FP32: none is fast enough
 
 
@@ -190,3 +192,32 @@ def test_the_profile_skips_channel_amounts_that_cannot_be_measurably_faster(monk
     size = SimpleNamespace(policy=outcome_policy(0.8, objective=Objective.size, structure="channels"))
     assert 0.1 in size.policy.macs_reductions
     assert search._channel_amounts(size, []) == size.policy.macs_reductions  # size: no speed bound
+
+
+def test_int8_speed_tie_uses_the_side_by_side_interval_beyond_the_fixed_margin():
+    from pathlib import Path
+
+    from sparsify_runner.modifiers.int8.acceptance import speed_tie
+    from sparsify_runner.modifiers.int8.candidates import Candidate
+    from sparsify_runner.report import Fidelity
+
+    rng = np.random.default_rng(0)
+
+    def cand(name, speedup, median_ms, spread):
+        fid = Fidelity(samples=100, top1_agreement=0.99, cosine_similarity=0.99)
+        c = Candidate(name, Path(name), {}, [], fid, 0.99, speedup, median_ms)
+        samples = list(median_ms * (1 + rng.normal(0, spread, 200)))
+        c.latency = LatencyStats(
+            provider="CPUExecutionProvider", batch_size=1, iterations=200, mean_ms=median_ms,
+            median_ms=median_ms, p90_ms=median_ms, std_ms=0.0, throughput_items_per_s=1.0,
+            samples_ms=samples,
+        )  # fmt: skip
+        return c
+
+    fastest = cand("int8-u8s8-reduce-range", 1.77, 1.00, 0.5)
+    noisy = cand("int8-u8s8", 1.64, 1.08, 0.5)  # 8% slower, but the spread cannot tell
+    assert speed_tie(noisy, fastest)
+    sharp_fast, sharp = cand("a", 1.77, 1.00, 0.01), cand("b", 1.64, 1.08, 0.01)
+    assert not speed_tie(sharp, sharp_fast)  # 8% with a tight spread: measurably slower
+    untimed = Candidate("c", Path("c"), {}, [], noisy.fidelity, 0.99, 1.64, 1.08)
+    assert not speed_tie(untimed, fastest)  # no side-by-side timing: the fixed 5% margin only

@@ -19,12 +19,16 @@ import onnx
 from ...evaluate import fidelity, fidelity_score, make_session, run_onnx_outputs, run_session
 from ...onnx_graph.feeds import batch_size, stack_batches
 from ...outcome.judge import Assessment, Judge
-from ...report import Fidelity
+from ...report import Fidelity, LatencyStats
 from .transformer import QuantScope, quant_scope, quantize_dynamic_int8
 
 log = logging.getLogger("sparsify.quantization")
 
 Sample = dict[str, np.ndarray]
+
+
+RETIME_MIN_SECONDS = 3.0
+"""Seconds per model when close contenders are timed again side by side."""
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Candidate:
     """Against the baseline, when the builder has the outcome search's judge."""
     retimed: bool = False
     """The speedup is from the side-by-side re-timing of the close contenders (``retime``)."""
+    latency: LatencyStats | None = None
+    """The re-timing's latency statistics (samples included), for comparing contenders."""
 
 
 class CalibrationReader:
@@ -251,13 +257,14 @@ class CandidateBuilder:
 
         stats = measure_latency(
             [self.fp32_path, *[c.path for c in candidates]],
-            seconds=self.bench_seconds,
+            seconds=max(RETIME_MIN_SECONDS, 2 * self.bench_seconds),
             warmup=3,
-            min_iterations=10,
+            min_iterations=20,
         )
         for c, st in zip(candidates, stats[1:], strict=True):
             c.speedup = round(stats[0].median_ms / st.median_ms, 4)
             c.latency_ms = st.median_ms
+            c.latency = st
             c.retimed = True
         log.info("re-timed side by side: %s", ", ".join(f"{c.name} {c.speedup:.3f}x" for c in candidates))
 
