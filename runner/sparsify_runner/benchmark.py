@@ -7,6 +7,7 @@ over the baseline is a fair side-by-side ratio.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import time
@@ -126,21 +127,38 @@ def _sessions(model_paths: list[Path], batch_size: int, device: str, tmp: Path, 
     return sessions, feeds, batches
 
 
-CONTENDED_CPU_PRESSURE = 0.2
-"""Share of the benchmark's wall time in which runnable work waited for a core, above which the
+CONTENDED_CPU_SHARE = 0.2
+"""Share of this process's CPUs that other processes used while it timed, above which the
 timings are reported as taken on a contended machine: with more runnable threads than cores,
 onnxruntime's intra-op threads wait on descheduled peers and a multi-threaded FP32 model slows
 far more than an INT8 one (MobileNetV2 on 2 busy cores: 1.46x on one run, 6.3x on the next)."""
 
 
-def _cpu_stall_us() -> int | None:
-    """Cumulative microseconds in which some runnable task waited for a CPU (Linux PSI,
-    ``/proc/pressure/cpu``); None where the kernel does not expose it."""
+def _cpu_seconds() -> tuple[float, float, int] | None:
+    """(busy seconds of the CPUs this process may run on, all processes; CPU seconds of this
+    process; how many such CPUs) so far, from ``/proc/stat``; None where it cannot be read.
+    The difference over an interval is what *other* processes took from these CPUs (Linux's
+    CPU pressure counter would not do: a benchmark's own intra-op threads raise it)."""
     try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return int(line.rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        busy = 0
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name in cpus:
+                ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    except (OSError, ValueError, IndexError, AttributeError):
         return None
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, len(cpus)
+
+
+def _others_share(before: tuple[float, float, int] | None, after, elapsed: float) -> float | None:
+    """Share of this process's CPUs used by other processes between two ``_cpu_seconds``."""
+    if before is None or after is None or elapsed <= 0 or not after[2]:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return round(min(1.0, max(0.0, others / (elapsed * after[2]))), 4)
 
 
 def measure_latency(
@@ -164,7 +182,7 @@ def measure_latency(
                 sess.run(None, feed)
         times: list[list[float]] = [[] for _ in sessions]
         budget = seconds * len(sessions)
-        stall_before = _cpu_stall_us()
+        cpu_before = _cpu_seconds()
         started = time.perf_counter()
         rounds = 0
         with bar("benchmark", round(budget, 1), enabled=show_progress) as b:
@@ -179,13 +197,10 @@ def measure_latency(
                 b.update(completed=min(elapsed, budget))
                 if elapsed >= budget and rounds >= min_iterations:
                     break
-        stall_after = _cpu_stall_us()
-    pressure = None
-    if stall_before is not None and stall_after is not None and elapsed > 0:
-        pressure = round(min(1.0, (stall_after - stall_before) / 1e6 / elapsed), 4)
+        pressure = _others_share(cpu_before, _cpu_seconds(), time.perf_counter() - started)
     stats = [_stats(t, bs, provider) for t, bs in zip(times, batches, strict=True)]
     for st in stats:
-        st.cpu_pressure = pressure
+        st.others_cpu_share = pressure
     return stats
 
 
@@ -200,7 +215,6 @@ def measure_async(
 ) -> LatencyStats:
     """Async scenario: ``streams`` concurrent requests (threads sharing one session, each
     request using ``cores / streams`` threads); throughput counts all completed items."""
-    import os
 
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, streams))

@@ -31,22 +31,22 @@ class LatencyStats(BaseModel):
         description=f"per-iteration latencies (at most {LATENCY_SAMPLES_CAP}; evenly spaced ranks of the "
         "sorted timings when there were more): report.html plots their distribution",
     )
-    cpu_pressure: float | None = Field(
+    others_cpu_share: float | None = Field(
         None,
-        description="share of the measurement's wall time in which runnable work waited for a CPU "
-        "(Linux /proc/pressure/cpu); above 0.2 the machine was contended and the timings say so",
+        description="share of this process's CPUs that other processes used while timing (Linux "
+        "/proc/stat); above 0.2 the machine was contended and the report says so",
     )
 
     def contention_note(self) -> str | None:
         """One line for the report when the timings were taken on a contended machine."""
-        from .benchmark import CONTENDED_CPU_PRESSURE
+        from .benchmark import CONTENDED_CPU_SHARE
 
-        if self.cpu_pressure is None or self.cpu_pressure <= CONTENDED_CPU_PRESSURE:
+        if self.others_cpu_share is None or self.others_cpu_share <= CONTENDED_CPU_SHARE:
             return None
         return (
-            f"the CPU was contended while timing ({self.cpu_pressure:.0%} of the time runnable work "
-            "waited for a core): the speed figures may not hold on an idle deployment target; rerun "
-            "on a machine with nothing else running"
+            f"the CPU was contended while timing (other processes used {self.others_cpu_share:.0%} of "
+            "its cores): the speed figures may not hold on an idle deployment target; rerun on a "
+            "machine with nothing else running"
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import svg_plots
 from .report import LatencyStats, Report
-from .summary import format_size
+from .summary import format_size, pruning_applied
 
 __all__ = [
     "REPORT_CSS",
@@ -240,7 +240,7 @@ def _summary(report: Report) -> str:
         ]
     )
     rows.append(["parameters", _num(b.parameters), _num(o.parameters), ""])
-    if report.mode in ("unstructured", "channels"):  # INT8-only zeros are rounding, not a result
+    if pruning_applied(report):  # INT8-only zeros are rounding, not a result
         rows.append(["sparsity", _pct(b.sparsity), _pct(o.sparsity), ""])
     if b.flops or o.flops:
         rows.append(["MACs / sample", _num(b.flops), _num(o.flops), ""])
@@ -296,7 +296,7 @@ def _speedup_source(report: Report) -> str:
     if chosen is not None:
         what = "candidate" if report.policy else "INT8 variant"
         facts.append(f"{what} in the returned model: {chosen.name}")
-    if report.optimized.sparsity and report.mode in ("unstructured", "channels"):
+    if report.optimized.sparsity and pruning_applied(report):
         kind = "structured (removed channels/heads)" if report.mode == "channels" else "unstructured (zeros)"
         facts.append(f"sparsity: {report.optimized.sparsity:.1%} {kind}")
     items = "".join(f"<li>{_e(f)}</li>" for f in facts)
