@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from sparsify_runner.kernels.structured_obs import (
     ConsumerProblem,
@@ -134,3 +135,20 @@ def test_a_shared_profile_cache_gives_the_same_pruning_without_profiling_again(t
     assert again.macs_after == fresh.macs_after == first.macs_after
     for a, b in zip(again.model.graph.initializer, fresh.model.graph.initializer, strict=True):
         assert np.allclose(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b), atol=1e-5)
+
+
+def test_layer_latencies_are_per_kind_medians_so_a_noisy_profile_cannot_move_the_allocation():
+    """conv1 (3x3), dw (depthwise), conv3 (1x1) and fc (Gemm) of the test graph: each layer's
+    time is its MACs times its kind's median measured time per MAC; a kind never matched in the
+    profile gets the overall median."""
+    from sparsify_runner.modifiers.channel_selection import per_kind_times
+
+    model = bn_depthwise_graph()
+    names = {n.name: i for i, n in enumerate(model.graph.node)}
+    conv1, dw, conv3, fc = (names[k] for k in ("conv1", "dw", "conv3", "fc"))
+    macs = {conv1: 1000, dw: 100, conv3: 400, fc: 50}
+    times = per_kind_times(model, macs, {conv1: 2.0, dw: 1.0, conv3: 0.4})
+    assert times[conv1] == pytest.approx(2.0) and times[dw] == pytest.approx(1.0)
+    assert times[conv3] == pytest.approx(0.4)
+    assert times[fc] == pytest.approx(50 * np.median([2.0 / 1000, 1.0 / 100, 0.4 / 400]))  # unmatched kind
+    assert per_kind_times(model, macs, {}) == {}

@@ -128,6 +128,40 @@ def _layer_macs(model: onnx.ModelProto, layers: list[PrunableLayer]) -> dict[int
     return out
 
 
+def _layer_kind(node: onnx.NodeProto, weight_dims: dict[str, list[int]]) -> str:
+    """conv / conv1x1 / depthwise / gemm: layers of one kind cost about the same per MAC."""
+    if node.op_type != "Conv":
+        return "gemm"
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if int(attrs.get("group", 1)) > 1:
+        return "depthwise"
+    kernel = attrs.get("kernel_shape") or weight_dims.get(node.input[1], [0, 0, 0])[2:]
+    return "conv1x1" if kernel and all(int(k) == 1 for k in kernel) else "conv"
+
+
+def per_kind_times(
+    model: onnx.ModelProto, macs: dict[int, int], measured: dict[int, float]
+) -> dict[int, float]:
+    """Each layer's latency as its MACs times the median measured time per MAC of its kind
+    (overall median where its kind was never matched). Per-layer kernel times from one short
+    profile vary by 10% or more between runs, which moved the channel allocation and so the
+    shipped model between two runs of the same inputs (MobileNetV2-MNIST at level 0.5); the
+    per-kind medians keep what the latency-aware allocation needs (a depthwise conv costs
+    several times a dense conv per MAC) and are stable."""
+    nodes = model.graph.node
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    kinds = {i: _layer_kind(nodes[i], dims) for i in macs}
+    rates: dict[str, list[float]] = {}
+    for i, ms in measured.items():
+        if macs.get(i):
+            rates.setdefault(kinds[i], []).append(ms / macs[i])
+    if not rates:
+        return {}
+    overall = float(np.median([r for rs in rates.values() for r in rs]))
+    kind_rate = {kind: float(np.median(rs)) for kind, rs in rates.items()}
+    return {i: m * kind_rate.get(kinds[i], overall) for i, m in macs.items()}
+
+
 def _grid_step(channels: int, round_to: int) -> int:
     step = round_to if channels % round_to == 0 and channels >= 2 * round_to else 1
     return max(step, math.ceil(channels / 64))
@@ -272,8 +306,8 @@ def prune_channels(
         t0 = time.perf_counter()
         feed = make_feeds(work, calibration[:1], set(inits))[0]
         matched = _match_times(work, node_times_ms(work, feed, threads=threads or 2))
-        times = {i: t for i, t in matched.items() if i in macs}
-        timings["latency_layers_matched"] = len(times)
+        timings["latency_layers_matched"] = len([i for i in matched if i in macs])
+        times = per_kind_times(work, macs, {i: t for i, t in matched.items() if i in macs})
         timings["latency_profile_s"] = round(time.perf_counter() - t0, 3)
     known = sum(macs[i] for i in times)
     per_mac = (sum(times.values()) / known) if known else 1.0
