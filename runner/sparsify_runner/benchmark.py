@@ -127,13 +127,6 @@ def _sessions(model_paths: list[Path], batch_size: int, device: str, tmp: Path, 
     return sessions, feeds, batches
 
 
-CONTENDED_CPU_SHARE = 0.2
-"""Share of this process's CPUs that other processes used while it timed, above which the
-timings are reported as taken on a contended machine: with more runnable threads than cores,
-onnxruntime's intra-op threads wait on descheduled peers and a multi-threaded FP32 model slows
-far more than an INT8 one (MobileNetV2 on 2 busy cores: 1.46x on one run, 6.3x on the next)."""
-
-
 def _cpu_seconds() -> tuple[float, float, int] | None:
     """(busy seconds of the CPUs this process may run on, all processes; CPU seconds of this
     process; how many such CPUs) so far, from ``/proc/stat``; None where it cannot be read.

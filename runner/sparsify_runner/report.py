@@ -15,6 +15,13 @@ REPORT_SCHEMA_VERSION = "1"
 LATENCY_SAMPLES_CAP = 200
 
 
+CONTENDED_CPU_SHARE = 0.2
+"""Share of this process's CPUs that other processes used while it timed, above which the
+timings are reported as taken on a contended machine: with more runnable threads than cores,
+onnxruntime's intra-op threads wait on descheduled peers and a multi-threaded FP32 model slows
+far more than an INT8 one (MobileNetV2 on 2 busy cores: 1.46x on one run, 6.3x on the next)."""
+
+
 class LatencyStats(BaseModel):
     """onnxruntime timings of one model (milliseconds per batch)."""
 
@@ -39,8 +46,6 @@ class LatencyStats(BaseModel):
 
     def contention_note(self) -> str | None:
         """One line for the report when the timings were taken on a contended machine."""
-        from .benchmark import CONTENDED_CPU_SHARE
-
         if self.others_cpu_share is None or self.others_cpu_share <= CONTENDED_CPU_SHARE:
             return None
         return (

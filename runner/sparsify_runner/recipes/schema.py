@@ -59,7 +59,8 @@ class ChannelPruningConfig(Config):
 
 
 class Int8SearchConfig(Config):
-    """``modifiers.one_shot.Int8Search``: static INT8 chosen by measured fidelity and speed."""
+    """The INT8 search (``modifiers.int8.quantize_int8``): static INT8 chosen by measured fidelity
+    and speed."""
 
     quantize: AutoOrBool = _setting("auto, true or false")
     quant_format: Literal["auto", "qdq", "qoperator"] | None = _setting("null, auto, qdq or qoperator")
