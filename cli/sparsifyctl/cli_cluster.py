@@ -21,7 +21,7 @@ from sparsify_operator import crd as crd_mod
 from sparsify_operator import jobs
 from sparsify_operator.models import API_VERSION, KIND, TERMINAL_PHASES
 from sparsify_runner.errors import InputError
-from sparsify_runner.spec import Experiment, ExperimentType, uri_scheme
+from sparsify_runner.spec import TEXT_GENERATION, Experiment, ExperimentType, uri_scheme
 
 from .cli import app
 from .experiment_options import build_experiment, with_experiment_options
@@ -44,6 +44,9 @@ _FLAG_FOR = {
     "spec.image": "--image",
     "spec.resources.requests.cpu": "--cpu",
     "spec.resources.requests.memory": "--memory",
+    "spec.hfTokenSecretRef.name": "--hf-token-secret",
+    "spec.hfTokenSecretRef.key": "--hf-token-secret",
+    "spec.modelCache.claimName": "--model-cache-pvc",
 }
 
 
@@ -68,7 +71,10 @@ def _read_quantity(flag: str, value: str | None) -> str | None:
 def default_gpus(exp: Experiment) -> int:
     """``--gpus`` when not given: 0 for a one-shot with a CPU deploy target (calibration,
     pruning and INT8 run on onnxruntime/numpy on the CPU the model is benchmarked on), else 1
-    (training pathways; a cuda deploy target is benchmarked on its GPU)."""
+    (training pathways; a cuda deploy target is benchmarked on its GPU; text-generation, whose
+    llm-compressor calibration runs layer by layer on the GPU whatever the deploy target)."""
+    if exp.use_case == TEXT_GENERATION:
+        return 1
     return 0 if exp.type == ExperimentType.one_shot and exp.deploy.device == "cpu" else 1
 
 
@@ -156,6 +162,11 @@ def build_manifest(experiment_type: str, flags: dict[str, Any], **opts: Any) -> 
         storage["secretRef"] = {"name": opts["secret"]}
     if storage:
         spec["storage"] = storage
+    if opts.get("hf_token_secret"):
+        name, _, key = opts["hf_token_secret"].partition(":")
+        spec["hfTokenSecretRef"] = {"name": name, **({"key": key} if key else {})}
+    if opts.get("model_cache_pvc"):
+        spec["modelCache"] = {"claimName": opts["model_cache_pvc"]}
     run_policy = {
         k: v
         for k, v in (
@@ -227,6 +238,17 @@ def generate_command(
     backoff_limit: int | None = typer.Option(None, "--backoff-limit", help="Retries for transient failures."),
     deadline: int | None = typer.Option(None, "--deadline", help="activeDeadlineSeconds for the Job."),
     suspend: bool = typer.Option(False, "--suspend", help="Create the experiment suspended."),
+    hf_token_secret: str | None = typer.Option(
+        None,
+        "--hf-token-secret",
+        help="SECRET[:KEY]: the Job reads HF_TOKEN from this Secret's key (default key HF_TOKEN); "
+        "the token itself never enters the manifest.",
+    ),
+    model_cache_pvc: str | None = typer.Option(
+        None,
+        "--model-cache-pvc",
+        help="PersistentVolumeClaim for the downloaded-model cache (text-generation default: emptyDir).",
+    ),
     fmt: str = typer.Option("yaml", "--format", help="yaml or json."),
     sweep: bool = typer.Option(False, "--sweep", help="A SparsifySweep: one child per --optim-levels point."),
     optim_levels: str | None = typer.Option(None, "--optim-levels", help="--sweep: levels, e.g. 0.2,0.8."),
@@ -259,7 +281,8 @@ def generate_command(
     serve_opts["--context"] = context
     if experiment_type == "serve":
         job_flags = {"--queue": queue, "--image": image, "--priority-class": priority_class,
-                     "--backoff-limit": backoff_limit, "--deadline": deadline, "--suspend": suspend or None}
+                     "--backoff-limit": backoff_limit, "--deadline": deadline, "--suspend": suspend or None,
+                     "--hf-token-secret": hf_token_secret, "--model-cache-pvc": model_cache_pvc}
         flags = {**(flags or {}), **{f: v for f, v in job_flags.items() if v is not None}}
         resources = {"cpu": cpu, "memory": memory, "memory_limit": memory_limit}
         _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region, resources,
@@ -299,6 +322,8 @@ def generate_command(
             backoff_limit=backoff_limit,
             deadline=deadline,
             suspend=suspend,
+            hf_token_secret=hf_token_secret,
+            model_cache_pvc=model_cache_pvc,
         )
     except InputError as err:
         _fail(str(err))

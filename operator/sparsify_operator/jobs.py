@@ -11,7 +11,11 @@ Use it without a cluster (tests, the runner-I/O end-to-end test)::
     env = {e["name"]: e.get("value") for e in container["env"]}   # secretKeyRef entries -> None
 
 ``container["command"]`` is absent (the image's ENTRYPOINT is ``sparsify-runner``); the
-experiment travels inline in ``args`` (``run --quiet --experiment <json>``). Environment
+experiment travels inline in ``args`` (``run --quiet --experiment <json>``). With ``spec.gpus``
+G > 1 a training experiment (training-aware, sparse-transfer) runs one process per GPU:
+``command`` is ``["torchrun"]`` and ``args`` ``--standalone --nproc-per-node G -m
+sparsify_runner.cli run ...`` (one-shot stays one process). ``spec.nodes`` > 1 is a JobSet
+(``jobset.py``) whose pods run the same command with the rendezvous in ``PET_*``. Environment
 variables: ``SPARSIFY_TERMINATION_LOG``, ``SPARSIFY_EXPERIMENT_NAME``/``_NAMESPACE``,
 ``SPARSIFY_METRICS_PORT``, ``SPARSIFY_PUSHGATEWAY_URL``, ``AWS_ENDPOINT_URL``,
 ``AWS_REGION``, ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``, ``HOME``, ``SPARSIFY_CACHE_DIR`` and the
@@ -28,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sparsify_runner.errors import EXIT_BAD_INPUT
-from sparsify_runner.spec import Experiment, uri_scheme
+from sparsify_runner.spec import TEXT_GENERATION, Experiment, uri_scheme
 
 from .models import API_VERSION, KIND, SparsifyExperimentSpec
 from .settings import OperatorSettings
@@ -43,6 +47,13 @@ CLUSTER_SCHEMES = ("s3", "http", "https")
 SECRET_KEYS = (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True))
 TERMINATION_LOG = "/dev/termination-log"
 SCRATCH = "/scratch"
+# More than one process: torchrun starts the runner's CLI module once per GPU (training only).
+TORCHRUN = "torchrun"
+RUNNER_MODULE = "sparsify_runner.cli"
+DISTRIBUTED_TYPES = ("training-aware", "sparse-transfer")
+MODEL_CACHE = "/model-cache"
+MODEL_CACHE_VOLUME = "model-cache"
+HF_TOKEN_ENV = "HF_TOKEN"
 
 
 class SpecError(ValueError):
@@ -106,6 +117,12 @@ def validate_spec(experiment: dict[str, Any]) -> ValidSpec:
                 f"spec.experiment.{wire}",
                 f"'{uri}' is a local path, which a cluster Job cannot read; use s3:// or https://",
             )
+    if spec.nodes > 1 and exp.type not in DISTRIBUTED_TYPES:
+        raise SpecError(
+            "spec.nodes",
+            f"{exp.type} runs in one process on one node; set spec.nodes: 1 "
+            "(more nodes serve training-aware and sparse-transfer)",
+        )
     return ValidSpec(spec, exp)
 
 
@@ -159,6 +176,32 @@ def _container_env(
     return env
 
 
+def _add_model_cache(
+    container: dict[str, Any], pod_spec: dict[str, Any], spec: SparsifyExperimentSpec, exp: Experiment
+) -> None:
+    """The model cache volume (the runner's s3:// download cache and the Hugging Face cache) and
+    ``HF_TOKEN`` from the Secret named in ``spec.hfTokenSecretRef``. A named PersistentVolumeClaim
+    (``spec.modelCache.claimName``) outlives the pod; text-generation without one gets an emptyDir
+    (sized like scratch), so a multi-GB model folder lives on its own volume either way."""
+    env = container["env"]
+    if spec.hf_token_secret_ref is not None:
+        ref = spec.hf_token_secret_ref
+        env.append({"name": HF_TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    if spec.model_cache is None and exp.use_case != TEXT_GENERATION:
+        return
+    if spec.model_cache is not None:
+        source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": spec.model_cache.claim_name}}
+    else:
+        limit = spec.resources.limits.ephemeral_storage
+        source = {"emptyDir": {"sizeLimit": limit} if limit else {}}
+    pod_spec["volumes"].append({"name": MODEL_CACHE_VOLUME, **source})
+    container["volumeMounts"].append({"name": MODEL_CACHE_VOLUME, "mountPath": MODEL_CACHE})
+    for item in env:
+        if item["name"] == "SPARSIFY_CACHE_DIR":
+            item["value"] = f"{MODEL_CACHE}/sparsify"
+    env.append(_env("HF_HOME", f"{MODEL_CACHE}/huggingface"))
+
+
 def secret_name(spec: SparsifyExperimentSpec, settings: OperatorSettings) -> str | None:
     return spec.storage.secret_ref.name if spec.storage.secret_ref else settings.secret_name
 
@@ -179,36 +222,65 @@ def runner_experiment(meta: dict[str, Any], exp: Experiment) -> dict[str, Any]:
     return wire
 
 
-def build_job(
-    experiment: dict[str, Any], settings: OperatorSettings, *, valid: ValidSpec | None = None
-) -> dict[str, Any]:
-    """The batch/v1 Job for a SparsifyExperiment object (a dict as read from the API).
-
-    Raises SpecError (with the offending field) for a spec the operator cannot run; a caller
-    that already ran ``validate_spec`` passes its result as ``valid``.
-    """
-    valid = valid or validate_spec(experiment)
-    spec, exp = valid.spec, valid.experiment
-    meta = experiment.get("metadata") or {}
-    name = meta["name"]
+def pod_labels(meta: dict[str, Any]) -> dict[str, str]:
+    """Labels of the runner pods (and, plus the Kueue queue label, of the Job or JobSet)."""
     labels = {
         "app.kubernetes.io/name": "sparsify-runner",
         "app.kubernetes.io/component": "experiment",
         LABEL_MANAGED: MANAGED_BY,
-        LABEL_EXPERIMENT: label_value(name),
+        LABEL_EXPERIMENT: label_value(meta["name"]),
     }
     if meta.get("uid"):
         labels[LABEL_UID] = meta["uid"]
-    job_labels = dict(labels)
-    if spec.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    return labels
 
+
+def processes_per_node(valid: ValidSpec) -> int:
+    """Runner processes per pod: one per GPU for the training pathways (DistributedDataParallel
+    under torchrun), one for one-shot, which runs in a single process whatever ``spec.gpus`` says."""
+    if valid.experiment.type not in DISTRIBUTED_TYPES:
+        return 1
+    return max(valid.spec.gpus, 1)
+
+
+def runner_command(meta: dict[str, Any], valid: ValidSpec) -> tuple[list[str] | None, list[str]]:
+    """(command, args) of the runner container; command None = the image's ENTRYPOINT
+    (``sparsify-runner``). More than one process: ``torchrun ... -m sparsify_runner.cli run ...``,
+    standalone on one node; across nodes torchrun takes its rendezvous from the ``PET_*``
+    environment variables (``jobset.py``)."""
+    run = [
+        "run",
+        "--quiet",
+        "--experiment",
+        json.dumps(runner_experiment(meta, valid.experiment), sort_keys=True),
+    ]
+    if valid.spec.nodes > 1:
+        return [TORCHRUN], ["-m", RUNNER_MODULE, *run]
+    nproc = processes_per_node(valid)
+    if nproc > 1:
+        return [TORCHRUN], ["--standalone", "--nproc-per-node", str(nproc), "-m", RUNNER_MODULE, *run]
+    return None, run
+
+
+def pod_template(
+    experiment: dict[str, Any],
+    settings: OperatorSettings,
+    valid: ValidSpec,
+    *,
+    extra_env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The runner pod template shared by the Job and the JobSet (``extra_env``: the latter's
+    torchrun rendezvous variables)."""
+    spec, exp = valid.spec, valid.experiment
+    meta = experiment.get("metadata") or {}
+    command, args = runner_command(meta, valid)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.image or settings.runner_image,
         "imagePullPolicy": spec.image_pull_policy or settings.image_pull_policy,
-        "args": ["run", "--quiet", "--experiment", json.dumps(runner_experiment(meta, exp), sort_keys=True)],
-        "env": _container_env(meta, spec, settings),
+        **({"command": command} if command else {}),
+        "args": args,
+        "env": [*_container_env(meta, spec, settings), *(extra_env or [])],
         "resources": _resources(spec, settings),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -252,6 +324,7 @@ def build_job(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
         ],
     }
+    _add_model_cache(container, pod_spec, spec, exp)
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
     tolerations = _tolerations(spec, settings)
@@ -259,7 +332,73 @@ def build_job(
         pod_spec["tolerations"] = tolerations
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
+    return {
+        "metadata": {
+            "labels": pod_labels(meta),
+            **({"annotations": pod_annotations} if pod_annotations else {}),
+        },
+        "spec": pod_spec,
+    }
 
+
+def pod_failure_policy() -> dict[str, Any]:
+    return {
+        "rules": [
+            # Preemption, eviction, node drain: not the run's fault, do not count it.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            # Bad input: no retry can help.
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_INPUT]},
+            },
+        ]
+    }
+
+
+def ttl_seconds(valid: ValidSpec, settings: OperatorSettings) -> int | None:
+    ttl = valid.spec.run_policy.ttl_seconds_after_finished
+    return settings.ttl_seconds_after_finished if ttl is None else ttl
+
+
+def child_metadata(experiment: dict[str, Any], name: str, spec: SparsifyExperimentSpec) -> dict[str, Any]:
+    """Metadata of the experiment's Job or JobSet: labels (+ Kueue's queue), owner reference."""
+    meta = experiment.get("metadata") or {}
+    labels = pod_labels(meta)
+    if spec.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    out: dict[str, Any] = {
+        "name": name,
+        "labels": labels,
+        "annotations": {"sparsify.dev/experiment-name": meta["name"]},
+    }
+    if meta.get("namespace"):
+        out["namespace"] = meta["namespace"]
+    if meta.get("uid"):
+        out["ownerReferences"] = [
+            {
+                "apiVersion": experiment.get("apiVersion", API_VERSION),
+                "kind": experiment.get("kind", KIND),
+                "name": meta["name"],
+                "uid": meta["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return out
+
+
+def build_job(
+    experiment: dict[str, Any], settings: OperatorSettings, *, valid: ValidSpec | None = None
+) -> dict[str, Any]:
+    """The batch/v1 Job for a SparsifyExperiment object (a dict as read from the API) with
+    ``spec.nodes`` 1 (more nodes: ``jobset.build_jobset``).
+
+    Raises SpecError (with the offending field) for a spec the operator cannot run; a caller
+    that already ran ``validate_spec`` passes its result as ``valid``.
+    """
+    valid = valid or validate_spec(experiment)
+    spec = valid.spec
+    meta = experiment.get("metadata") or {}
     run = spec.run_policy
     job_spec: dict[str, Any] = {
         "backoffLimit": run.backoff_limit,
@@ -267,46 +406,13 @@ def build_job(
         "parallelism": 1,
         # Kueue admits a queued Job by unsuspending it; otherwise the user's spec.suspend.
         "suspend": bool(spec.suspend or spec.queue_name),
-        "podFailurePolicy": {
-            "rules": [
-                # Preemption, eviction, node drain: not the run's fault, do not count it.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # Bad input: no retry can help.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_INPUT]},
-                },
-            ]
-        },
-        "template": {
-            "metadata": {"labels": labels, **({"annotations": pod_annotations} if pod_annotations else {})},
-            "spec": pod_spec,
-        },
+        "podFailurePolicy": pod_failure_policy(),
+        "template": pod_template(experiment, settings, valid),
     }
     if run.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = run.active_deadline_seconds
-    ttl = run.ttl_seconds_after_finished
-    if ttl is None:
-        ttl = settings.ttl_seconds_after_finished
+    ttl = ttl_seconds(valid, settings)
     if ttl is not None:
         job_spec["ttlSecondsAfterFinished"] = ttl
-
-    job_meta: dict[str, Any] = {
-        "name": job_name(name),
-        "labels": job_labels,
-        "annotations": {"sparsify.dev/experiment-name": name},
-    }
-    if meta.get("namespace"):
-        job_meta["namespace"] = meta["namespace"]
-    if meta.get("uid"):
-        job_meta["ownerReferences"] = [
-            {
-                "apiVersion": experiment.get("apiVersion", API_VERSION),
-                "kind": experiment.get("kind", KIND),
-                "name": name,
-                "uid": meta["uid"],
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ]
+    job_meta = child_metadata(experiment, job_name(meta["name"]), spec)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta, "spec": job_spec}

@@ -131,6 +131,33 @@ class Storage(_Model):
     secret_ref: SecretRef | None = Field(None, description="Credentials; never put credentials in the spec.")
 
 
+class HfTokenSecretRef(_Model):
+    """A Secret in the experiment's namespace holding a Hugging Face access token (gated or private
+    models); the Job reads it as ``HF_TOKEN`` through ``secretKeyRef``, never as a value."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(
+        "HF_TOKEN",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The Secret's key holding the token.",
+    )
+
+
+class ModelCache(_Model):
+    """Where the runner keeps downloaded models (its s3:// cache and the Hugging Face cache)."""
+
+    claim_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A PersistentVolumeClaim in the experiment's namespace: retried pods and later "
+        "experiments reuse what an earlier run downloaded. Without modelCache a text-generation Job "
+        "gets an emptyDir cache volume.",
+    )
+
+
 class RunPolicy(_Model):
     backoff_limit: int = Field(
         2, ge=0, le=20, description="Retries for transient failures (exit 75, crashes)."
@@ -147,7 +174,21 @@ class SparsifyExperimentSpec(_Model):
     experiment: Experiment = Field(description="The runner experiment (sparsify-runner run --experiment).")
     image: str | None = Field(None, max_length=512, description="Runner image; default from the operator.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    gpus: int = Field(1, ge=0, le=16, description="GPUs (nvidia.com/gpu) for the runner; 0 = CPU only.")
+    gpus: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="GPUs (nvidia.com/gpu) per pod; 0 = CPU only. With more than one, training-aware "
+        "and sparse-transfer run one process per GPU (torchrun --nproc-per-node, DistributedDataParallel); "
+        "one-shot runs one process and uses one GPU.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Pods (nodes) for training-aware / sparse-transfer: more than one runs a JobSet of "
+        "indexed pods joined by torchrun (needs the JobSet CRD, jobset.x-k8s.io); each pod gets spec.gpus.",
+    )
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict, max_length=32)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
@@ -156,6 +197,12 @@ class SparsifyExperimentSpec(_Model):
         None, max_length=63, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name on the Job)."
     )
     storage: Storage = Field(default_factory=Storage)
+    hf_token_secret_ref: HfTokenSecretRef | None = Field(
+        None, description="Hugging Face token from a Secret (HF_TOKEN); never put the token in the spec."
+    )
+    model_cache: ModelCache | None = Field(
+        None, description="A PersistentVolumeClaim for the model cache (text-generation default: emptyDir)."
+    )
     run_policy: RunPolicy = Field(default_factory=RunPolicy)
     suspend: bool = Field(False, description="Suspend the Job (the only field that may change once it runs).")
 
