@@ -352,7 +352,8 @@ def _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region
         _fail("generate serve needs --from NAMESPACE/EXPERIMENT or --from s3://bucket/run")
     try:
         if source.startswith("s3://"):
-            found = isvc.from_run(source, isvc.read_run_marker)
+            llm_hint = serve_opts["--runtime"] == isvc.HF_RUNTIME
+            found = isvc.from_run(source, isvc.read_run_marker, llm_hint=llm_hint)
         else:
             ns, name = isvc.parse_ref(source, namespace)
             ns = ns or _namespace(None, serve_opts["--context"])
@@ -375,6 +376,7 @@ def _generate_serve(flags, serve_opts, gpus, namespace, secret, endpoint, region
             ),
             node_selector=selector,
             source=found.origin,
+            llm=found.llm,
         )
     except isvc.ServeError as err:
         _fail(str(err))

@@ -12,6 +12,14 @@ initializer (the same keys the runner's Secret holds), and ``serving.kserve.io/s
 annotations (on the Secret or the ServiceAccount) give the endpoint, https and region.
 So the ServiceAccount made here only *names* the Secret; no credential value is ever written.
 
+A text-generation run publishes ``<output>/model/`` instead (a compressed-tensors Hugging Face
+folder): its InferenceService uses KServe's Hugging Face serving runtime
+(``modelFormat: huggingface``, ``kserve-huggingfaceserver``) with the vLLM backend on a GPU
+(``--backend=vllm``; without a GPU the transformers backend, which loads compressed-tensors
+too), serving the OpenAI-compatible completions API. The run is recognised by its marker
+(``model/config.json`` among the published files), a ``--from`` ending in ``/model``, the
+experiment's use case, or ``--runtime kserve-huggingfaceserver``.
+
 The manifest builders are pure (dicts in, dicts out); resolving ``--from`` gets the cluster
 object or the storage read passed in, and ``read_run_marker`` (the one storage read here,
 best effort, lazy imports) is what the CLI passes for s3 runs.
@@ -33,6 +41,10 @@ MODEL_FORMAT = "onnx"
 PROTOCOL = "v2"
 REPOSITORY_DIR = "model_repository"  # = sparsify_runner.model_repository.REPOSITORY_DIR (torch-free here)
 TRITON_RUNTIME = "kserve-tritonserver"
+LLM_FOLDER = "model"  # = sparsify_runner.run.MODEL_FOLDER: text-generation's compressed-tensors folder
+HF_MODEL_FORMAT = "huggingface"
+HF_RUNTIME = "kserve-huggingfaceserver"
+LLM_USE_CASES = {"text-generation", "text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"}
 # KServe's built-in ServingRuntimes that cannot serve ONNX over the v2 protocol
 NON_ONNX_RUNTIMES = {
     "kserve-sklearnserver",
@@ -45,6 +57,8 @@ NON_ONNX_RUNTIMES = {
     "kserve-huggingfaceserver",
     "kserve-mlserver",
 }
+# KServe's built-in ServingRuntimes that cannot serve a Hugging Face folder
+NON_HF_RUNTIMES = (NON_ONNX_RUNTIMES - {HF_RUNTIME}) | {TRITON_RUNTIME}
 S3_ANNOTATION = "serving.kserve.io/s3-"
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -70,12 +84,18 @@ def default_name(text: str | None) -> str:
     return name or "sparsified-model"
 
 
-def check_runtime(runtime: str | None) -> str | None:
-    """None lets KServe pick (Triton for onnx/v2); a named runtime must be able to serve ONNX."""
+def check_runtime(runtime: str | None, *, llm: bool = False) -> str | None:
+    """None lets KServe pick (Triton for onnx/v2, its Hugging Face server for huggingface); a
+    named runtime must be able to serve the run's model."""
     if runtime is None:
         return None
     check_name("--runtime", runtime, label=False)
-    if runtime in NON_ONNX_RUNTIMES:
+    if llm and runtime in NON_HF_RUNTIMES:
+        raise ServeError(
+            f"--runtime '{runtime}' cannot serve a Hugging Face model folder (this run is text-generation); "
+            f"use {HF_RUNTIME} or omit --runtime to let KServe choose"
+        )
+    if not llm and runtime in NON_ONNX_RUNTIMES:
         raise ServeError(
             f"--runtime '{runtime}' cannot serve ONNX models over the v2 protocol; "
             f"use {TRITON_RUNTIME} or omit --runtime to let KServe choose"
@@ -97,9 +117,29 @@ def repository_uri(uri: str) -> str:
     return f"s3://{parsed.netloc}/{path + '/' if path else ''}{REPOSITORY_DIR}"
 
 
+def llm_folder_uri(uri: str) -> str:
+    """A text-generation run prefix (``s3://bucket/run``) or its ``model`` folder -> the folder's
+    storageUri."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ServeError(
+            f"--from '{uri}' must be NAMESPACE/EXPERIMENT or an s3://bucket/run prefix "
+            "(KServe downloads the model from object storage)"
+        )
+    path = parsed.path.strip("/")
+    if path.endswith(f"/{LLM_FOLDER}") or path == LLM_FOLDER:
+        return f"s3://{parsed.netloc}/{path}"
+    return f"s3://{parsed.netloc}/{path + '/' if path else ''}{LLM_FOLDER}"
+
+
 def run_prefix(storage_uri: str) -> str:
-    """The run prefix a repository URI belongs to (where ``_SUCCESS.json`` lives)."""
-    return storage_uri.rstrip("/").removesuffix(REPOSITORY_DIR).rstrip("/")
+    """The run prefix a repository (or text-generation model folder) URI belongs to (where
+    ``_SUCCESS.json`` lives)."""
+    trimmed = storage_uri.rstrip("/")
+    for leaf in (REPOSITORY_DIR, LLM_FOLDER):
+        if trimmed.endswith(f"/{leaf}") or trimmed.endswith(f"://{leaf}"):
+            return trimmed.removesuffix(leaf).rstrip("/")
+    return trimmed
 
 
 def s3_annotations(endpoint: str | None, region: str | None) -> dict[str, str]:
@@ -163,13 +203,23 @@ def inference_service_manifest(
     resources: dict[str, dict[str, str]] | None = None,
     node_selector: dict[str, str] | None = None,
     source: str | None = None,
+    llm: bool = False,
 ) -> dict[str, Any]:
-    """The ``serving.kserve.io/v1beta1`` InferenceService for a Triton model repository."""
-    model: dict[str, Any] = {
-        "modelFormat": {"name": MODEL_FORMAT},
-        "protocolVersion": PROTOCOL,
-        "storageUri": storage_uri,
-    }
+    """The ``serving.kserve.io/v1beta1`` InferenceService for a Triton model repository, or with
+    ``llm`` for a text-generation run's Hugging Face folder (KServe's Hugging Face runtime)."""
+    if llm:
+        gpus = int(((resources or {}).get("limits") or {}).get("nvidia.com/gpu", "0"))
+        model: dict[str, Any] = {
+            "modelFormat": {"name": HF_MODEL_FORMAT},
+            "storageUri": storage_uri,
+            "args": [f"--model_name={name}", *llm_backend_args(gpus)],
+        }
+    else:
+        model = {
+            "modelFormat": {"name": MODEL_FORMAT},
+            "protocolVersion": PROTOCOL,
+            "storageUri": storage_uri,
+        }
     if runtime:
         model["runtime"] = runtime
     if resources:
@@ -188,6 +238,15 @@ def inference_service_manifest(
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": {"predictor": predictor}}
 
 
+def llm_backend_args(gpus: int) -> list[str]:
+    """KServe Hugging Face server arguments: vLLM on a GPU (it reads the compressed-tensors
+    quantization config itself); without a GPU the transformers backend (vLLM's CUDA build does not
+    run on a CPU), which loads the same folder through compressed-tensors."""
+    if gpus:
+        return ["--backend=vllm", "--dtype=auto"]
+    return ["--backend=huggingface", "--dtype=float32"]
+
+
 def serve_manifests(
     *,
     name: str,
@@ -201,10 +260,11 @@ def serve_manifests(
     resources: dict[str, dict[str, str]],
     node_selector: dict[str, str],
     source: str | None,
+    llm: bool = False,
 ) -> list[dict[str, Any]]:
     """[ServiceAccount (when a Secret is named), InferenceService], flag values validated."""
     check_name("--name", name)
-    runtime = check_runtime(runtime)
+    runtime = check_runtime(runtime, llm=llm)
     docs: list[dict[str, Any]] = []
     if secret:
         check_name("--secret", secret, label=False, limit=253)
@@ -225,6 +285,7 @@ def serve_manifests(
             resources=resources,
             node_selector=node_selector,
             source=source,
+            llm=llm,
         )
     )
     return docs
@@ -245,6 +306,9 @@ class Source:
     endpoint: str | None = None
     region: str | None = None
     gpus: int = 0
+    llm: bool = False
+    """A text-generation run: ``storage_uri`` is its Hugging Face folder, served by KServe's
+    Hugging Face runtime (vLLM) on a GPU by default."""
 
 
 def parse_ref(source: str, namespace: str | None) -> tuple[str | None, str]:
@@ -268,7 +332,12 @@ def from_experiment(obj: dict[str, Any]) -> Source:
         raise ServeError(
             f"experiment {ref} is {phase}, not Succeeded; wait for it (sparsifyctl watch {meta.get('name')})"
         )
-    uri = (status.get("results") or {}).get("servingUri")
+    spec = obj.get("spec") or {}
+    experiment = spec.get("experiment") or {}
+    llm = str(experiment.get("useCase") or "").lower() in LLM_USE_CASES
+    results = status.get("results") or {}
+    # a text-generation run serves its model folder (modelUri) when its runner set no servingUri
+    uri = results.get("servingUri") or (results.get("modelUri") if llm else None)
     if not uri:
         raise ServeError(
             f"experiment {ref} has no status.results.servingUri (its runner published no model "
@@ -276,9 +345,8 @@ def from_experiment(obj: dict[str, Any]) -> Source:
         )
     if not uri.startswith("s3://"):
         raise ServeError(f"experiment {ref} published to '{uri}', which KServe cannot download; use s3://")
-    spec = obj.get("spec") or {}
     storage = spec.get("storage") or {}
-    device = ((spec.get("experiment") or {}).get("deploy") or {}).get("device")
+    device = (experiment.get("deploy") or {}).get("device")
     return Source(
         storage_uri=uri.rstrip("/"),
         name=default_name(meta.get("name")),
@@ -287,16 +355,21 @@ def from_experiment(obj: dict[str, Any]) -> Source:
         secret=(storage.get("secretRef") or {}).get("name"),
         endpoint=storage.get("endpoint"),
         region=storage.get("region"),
-        gpus=1 if device == "cuda" else 0,
+        gpus=1 if device == "cuda" or llm else 0,
+        llm=llm,
     )
 
 
-def from_run(uri: str, read_marker: Callable[[str], dict[str, Any] | None] | None = None) -> Source:
-    """An ``s3://`` run prefix (or its model repository). ``read_marker`` returns the run's
-    ``_SUCCESS.json`` (None: no finished run there) or raises when storage cannot be asked;
-    then the manifest is generated from the URI alone, silently (generation works offline)."""
-    storage_uri = repository_uri(uri)
-    prefix = run_prefix(storage_uri)
+def from_run(
+    uri: str, read_marker: Callable[[str], dict[str, Any] | None] | None = None, *, llm_hint: bool = False
+) -> Source:
+    """An ``s3://`` run prefix (or its model repository, or a text-generation run's ``model``
+    folder). ``read_marker`` returns the run's ``_SUCCESS.json`` (None: no finished run there) or
+    raises when storage cannot be asked; then the manifest is generated from the URI alone,
+    silently (generation works offline), and ``llm_hint`` (``--runtime kserve-huggingfaceserver``)
+    or a URI ending in ``/model`` says the run is text-generation."""
+    llm = llm_hint or uri.rstrip("/").endswith(f"/{LLM_FOLDER}")
+    prefix = run_prefix(llm_folder_uri(uri) if llm else repository_uri(uri))
     marker: dict[str, Any] | None | bool = False  # False: unknown
     if read_marker is not None:
         try:
@@ -305,6 +378,12 @@ def from_run(uri: str, read_marker: Callable[[str], dict[str, Any] | None] | Non
             marker = False
     if marker is None:
         raise ServeError(f"no finished run at {prefix} (no _SUCCESS.json); check --from or wait for the run")
+    if isinstance(marker, dict):
+        llm = f"{LLM_FOLDER}/config.json" in (marker.get("files") or {})
+    segment = prefix.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
+    if llm:
+        name = default_name(segment)
+        return Source(storage_uri=f"{prefix}/{LLM_FOLDER}", name=name, origin=uri, gpus=1, llm=True)
     if isinstance(marker, dict) and not any(
         str(f).startswith(f"{REPOSITORY_DIR}/") for f in marker.get("files") or {}
     ):
@@ -312,8 +391,7 @@ def from_run(uri: str, read_marker: Callable[[str], dict[str, Any] | None] | Non
             f"the run at {prefix} was published without a {REPOSITORY_DIR}/ (an older runner); "
             "re-run the experiment to get one"
         )
-    segment = prefix.split("://", 1)[1].rstrip("/").rsplit("/", 1)[-1]
-    return Source(storage_uri=storage_uri, name=default_name(segment), origin=uri)
+    return Source(storage_uri=f"{prefix}/{REPOSITORY_DIR}", name=default_name(segment), origin=uri)
 
 
 @contextlib.contextmanager

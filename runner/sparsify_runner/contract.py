@@ -28,7 +28,9 @@ class RunResults(BaseModel):
     model_uri: str | None = None
     report_uri: str | None = None
     serving_uri: str | None = Field(
-        None, description="The result's Triton model repository: a KServe InferenceService's storageUri."
+        None,
+        description="A KServe InferenceService's storageUri: the result's Triton model repository, or "
+        "for text-generation its Hugging Face (compressed-tensors) model folder.",
     )
     mode: str | None = None  # unstructured / channels / quantization-only / baseline
     baseline_accuracy: float | None = None

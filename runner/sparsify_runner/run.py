@@ -199,6 +199,8 @@ def run_experiment(
                     staging, MODEL_FILE, experiment_name=exp.name, batch_size=exp.deploy.batch_size
                 ):
                     report.artifacts["serving"] = output.uri_for(model_repository.REPOSITORY_DIR)
+                elif model_name == MODEL_FOLDER:  # a Hugging Face folder: KServe's Hugging Face runtime
+                    report.artifacts["serving"] = output.uri_for(MODEL_FOLDER)
                 report.artifacts["html"] = output.uri_for(HTML_REPORT_FILE)
                 html = _render_html(report)
                 (staging / REPORT_FILE).write_text(report.model_dump_json(indent=2), encoding="utf-8")
