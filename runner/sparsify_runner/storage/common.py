@@ -24,6 +24,8 @@ SECRET_ENV_VARS = (
     "AWS_ACCESS_KEY_ID",
     "MINIO_SECRET_KEY",
     "MINIO_ROOT_PASSWORD",
+    "HF_TOKEN",  # a Hugging Face token (spec.hfTokenSecretRef in a cluster)
+    "HUGGING_FACE_HUB_TOKEN",
 )
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _SIGNED_QUERY = re.compile(
