@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from . import metrics
+from . import jobset, metrics
 from .jobs import LABEL_MANAGED, MANAGED_BY
 from .kube import Kube
 from .models import GROUP, PLURAL, TERMINAL_PHASES, VERSION
@@ -100,6 +100,14 @@ async def follow_job(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     owner = owner_experiment(job)
     if owner is not None:
         await _sync(memo, "follow-job", job["metadata"]["namespace"], owner["name"], owner.get("uid"))
+
+
+# spec.nodes > 1: the experiment's JobSet (kopf leaves this unserved where JobSet is not installed).
+@kopf.on.event(
+    jobset.GROUP, jobset.VERSION, jobset.PLURAL, labels={LABEL_MANAGED: MANAGED_BY}, id="follow-jobset"
+)
+async def follow_jobset(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    await follow_job(event=event, memo=memo)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup")

@@ -191,6 +191,70 @@ class Kube:
                 return False
             raise
 
+    # ---- API discovery -----------------------------------------------------------------------
+    def serves(self, group_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``group_version`` (e.g. a CRD is installed):
+        the group/version's discovery document (readable by every authenticated user)."""
+        try:
+            found = self.request("GET", f"/apis/{group_version}")
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
+    # ---- jobsets (jobset.x-k8s.io, spec.nodes > 1) ----------------------------------------------
+    @staticmethod
+    def _jobsets(namespace: str, name: str | None = None) -> str:
+        from .jobset import API_VERSION, PLURAL
+
+        base = f"/apis/{API_VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
+        return f"{base}/{quote(name)}" if name else base
+
+    def get_jobset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.request("GET", self._jobsets(namespace, name))
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def list_jobsets(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        items = self.request("GET", self._jobsets(namespace), query={"labelSelector": selector})["items"]
+        return [
+            j
+            for j in items
+            if all((j["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+
+    def create_jobset(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.request("POST", self._jobsets(namespace), body=body)
+
+    def patch_jobset(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.request("PATCH", self._jobsets(namespace, name), body=patch, content_type=MERGE_PATCH)
+
+    def delete_jobset(self, namespace: str, name: str) -> bool:
+        try:
+            self.request(
+                "DELETE",
+                self._jobsets(namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+            return True
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+
+    def list_jobset_pods(self, namespace: str, jobset_name: str) -> list[dict[str, Any]]:
+        from .jobset import LABEL_JOBSET_NAME
+
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods"
+        query = {"labelSelector": f"{LABEL_JOBSET_NAME}={jobset_name}"}
+        items = self.request("GET", path, query=query)["items"]
+        return [p for p in items if (p["metadata"].get("labels") or {}).get(LABEL_JOBSET_NAME) == jobset_name]
+
     # ---- pods, secrets -------------------------------------------------------------------------
     def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
         path = f"/api/v1/namespaces/{quote(namespace)}/pods"

@@ -70,6 +70,7 @@ class Reason(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     UNSCHEDULABLE = "Unschedulable"
+    JOBSET_NOT_INSTALLED = "JobSetNotInstalled"  # spec.nodes > 1 without the JobSet CRD
 
 
 class EventType(StrEnum):

@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from . import jobs, metrics, status
+from . import jobs, jobset, metrics, status
 from .kube import ApiError, Kube
 from .models import KIND, TERMINAL_PHASES, EventType, Phase, Reason
 from .settings import OperatorSettings
@@ -33,12 +34,43 @@ EventSink = Callable[[dict[str, Any], str, str, str], None]  # (involved object,
 PERMANENT_CREATE_ERRORS = (400, 403, 422)
 
 
+@dataclass(frozen=True)
+class ChildKind:
+    """What an experiment runs as, and the ``Kube`` methods that read and write it."""
+
+    noun: str
+    name: Callable[[str], str]  # experiment name -> the child's deterministic name
+    build: Callable[..., dict[str, Any]]  # (experiment, settings, valid=) -> manifest
+    get: str
+    list: str
+    create: str
+    patch: str
+    delete: str
+    pods: str
+
+
+JOB = ChildKind(
+    "Job", jobs.job_name, jobs.build_job, "get_job", "list_jobs", "create_job", "patch_job", "delete_job",
+    "list_job_pods",
+)  # fmt: skip
+JOBSET = ChildKind(
+    jobset.KIND, jobset.jobset_name, jobset.build_jobset, "get_jobset", "list_jobsets", "create_jobset",
+    "patch_jobset", "delete_jobset", "list_jobset_pods",
+)  # fmt: skip
+
+
+def child_kind(body: dict[str, Any]) -> ChildKind:
+    """One node: a batch/v1 Job; ``spec.nodes`` > 1: a JobSet (the spec is frozen once it exists)."""
+    return JOBSET if int((body.get("spec") or {}).get("nodes") or 1) > 1 else JOB
+
+
 class Reconciler:
     def __init__(self, kube: Kube, settings: OperatorSettings, emit: EventSink | None = None) -> None:
         self.kube = kube
         self.settings = settings
         self.emit = emit or (lambda body, etype, reason, message: None)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._jobsets_served = False
 
     def lock(self, key: str) -> asyncio.Lock:
         """One sync at a time per object (``kind/namespace/name``)."""
@@ -62,13 +94,27 @@ class Reconciler:
         return obj
 
     # ---- experiments -----------------------------------------------------------------------------
+    async def _serves_jobsets(self) -> bool:
+        """Whether the JobSet CRD is installed (API discovery); a yes is remembered, a no is asked
+        again next time (JobSet may be installed while the operator runs)."""
+        if not self._jobsets_served:
+            self._jobsets_served = await self._call(self.kube.serves, jobset.API_VERSION, jobset.PLURAL)
+        return self._jobsets_served
+
+    def _kube(self, kind: ChildKind, op: str) -> Callable[..., Any]:
+        return getattr(self.kube, getattr(kind, op))
+
     async def find_job(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """The experiment's Job: by its deterministic name (owner checked), else by uid label."""
+        """The experiment's Job (or JobSet): by its deterministic name (owner checked), else by
+        uid label."""
         meta = body["metadata"]
-        job = await self._call(self.kube.get_job, meta["namespace"], jobs.job_name(meta["name"]))
+        kind = child_kind(body)
+        if kind is JOBSET and not await self._serves_jobsets():
+            return None  # nothing to find; _sync_without_job reports the missing CRD
+        job = await self._call(self._kube(kind, "get"), meta["namespace"], kind.name(meta["name"]))
         if job is not None:
             return job if _owned_by(job, meta["uid"]) else None
-        found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
+        found = await self._call(self._kube(kind, "list"), meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
         return found[0] if found else None
 
     async def sync_experiment(self, namespace: str, name: str, uid: str | None = None) -> None:
@@ -94,7 +140,7 @@ class Reconciler:
                 return  # finished results are final
         else:
             job = await self._sync_suspend(body, job)
-        pods = await self._call(self.kube.list_job_pods, job["metadata"]["namespace"], job_name)
+        pods = await self._call(self._kube(child_kind(body), "pods"), job["metadata"]["namespace"], job_name)
         update = status.job_observed(body, job, pods, status.now_iso())
         await self._apply(body, update)
 
@@ -109,14 +155,15 @@ class Reconciler:
         if want == bool((job.get("spec") or {}).get("suspend")) or spec.get("queueName"):
             return job
         meta = job["metadata"]
+        kind = child_kind(body)
         patched = await self._call(
-            self.kube.patch_job, meta["namespace"], meta["name"], {"spec": {"suspend": want}}
+            self._kube(kind, "patch"), meta["namespace"], meta["name"], {"spec": {"suspend": want}}
         )
         self.emit(
             body,
             EventType.NORMAL,
             Reason.SUSPENDED if want else Reason.RESUMED,
-            f"Job {meta['name']} {'suspended' if want else 'resumed'}",
+            f"{kind.noun} {meta['name']} {'suspended' if want else 'resumed'}",
         )
         return patched or {**job, "spec": {**(job.get("spec") or {}), "suspend": want}}
 
@@ -127,14 +174,16 @@ class Reconciler:
         now = status.now_iso()
         if current.get("phase") in TERMINAL_PHASES:
             return
+        kind = child_kind(body)
         if status.job_was_created(current):
-            await self._apply(
-                body, status.job_deleted(current, current["jobName"], generation=generation, now=now)
+            update = status.job_deleted(
+                current, current["jobName"], generation=generation, now=now, noun=kind.noun
             )
+            await self._apply(body, update)
             return
         try:
             valid = jobs.validate_spec(body)
-            manifest = jobs.build_job(body, self.settings, valid=valid)
+            manifest = kind.build(body, self.settings, valid=valid)
         except jobs.SpecError as err:
             await self._apply(
                 body, status.invalid_spec(current, err.field, str(err), generation=generation, now=now)
@@ -155,16 +204,20 @@ class Reconciler:
                 body, status.invalid_spec(current, where, f"{where}: {msg}", generation=generation, now=now)
             )
             return
+        if kind is JOBSET and not await self._serves_jobsets():
+            update = status.jobset_not_installed(current, valid.spec.nodes, generation=generation, now=now)
+            await self._apply(body, update)
+            return
         job_name = manifest["metadata"]["name"]
         try:
-            created = await self._call(self.kube.create_job, ns, manifest)
+            created = await self._call(self._kube(kind, "create"), ns, manifest)
         except ApiError as err:
             if err.status == 409:
-                existing = await self._call(self.kube.get_job, ns, job_name)
+                existing = await self._call(self._kube(kind, "get"), ns, job_name)
                 if existing is not None and _owned_by(existing, meta["uid"]):
                     await self._sync_with_job(body, existing)
                     return
-                msg = f"a Job named {job_name} already exists and is not owned by this experiment"
+                msg = f"a {kind.noun} named {job_name} already exists and is not owned by this experiment"
                 await self._apply(
                     body,
                     status.job_create_failed(
@@ -176,7 +229,7 @@ class Reconciler:
             update = status.job_create_failed(
                 current,
                 job_name,
-                f"creating Job {job_name} failed: {err}",
+                f"creating {kind.noun} {job_name} failed: {err}",
                 generation=generation,
                 now=now,
                 permanent=permanent,
@@ -188,7 +241,7 @@ class Reconciler:
         metrics.JOBS_CREATED.inc()
         update = status.job_started(body, created or manifest, now)
         await self._apply(body, update)
-        log.info("created Job %s/%s for experiment %s", ns, job_name, meta["name"])
+        log.info("created %s %s/%s for experiment %s", kind.noun, ns, job_name, meta["name"])
 
     async def _apply(self, body: dict[str, Any], update: status.StatusUpdate) -> None:
         """Patch what differs from the stored status (nothing when nothing does), then its Events."""
@@ -204,11 +257,17 @@ class Reconciler:
             self.emit(body, etype, reason, message)
 
     async def cleanup(self, body: dict[str, Any]) -> None:
-        """Delete the experiment's Job (ownerReferences do it too where a GC runs)."""
+        """Delete the experiment's Job or JobSet (ownerReferences do it too where a GC runs)."""
         meta = body["metadata"]
-        found = await self._call(self.kube.list_jobs, meta["namespace"], {jobs.LABEL_UID: meta["uid"]})
+        kind = child_kind(body)
+        if kind is JOBSET and not await self._serves_jobsets():
+            found = []
+        else:
+            found = await self._call(
+                self._kube(kind, "list"), meta["namespace"], {jobs.LABEL_UID: meta["uid"]}
+            )
         for job in found:
-            await self._call(self.kube.delete_job, meta["namespace"], job["metadata"]["name"])
+            await self._call(self._kube(kind, "delete"), meta["namespace"], job["metadata"]["name"])
         self._locks.pop(f"{KIND}/{meta['namespace']}/{meta['name']}", None)
 
     # ---- sweeps -------------------------------------------------------------------------------------

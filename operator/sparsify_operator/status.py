@@ -23,6 +23,8 @@ from typing import Any
 from sparsify_runner.contract import RunSummary
 
 from .jobs import CONTAINER
+from .jobset import KIND as JOBSET_KIND
+from .jobset import completion_index
 from .models import TERMINAL_PHASES, ConditionType, EventType, Phase, Reason, Results
 
 MESSAGE_LINES = 5
@@ -36,6 +38,14 @@ class JobCondition(StrEnum):
     SUCCESS_CRITERIA_MET = "SuccessCriteriaMet"
     FAILED = "Failed"
     FAILURE_TARGET = "FailureTarget"
+
+
+class JobSetCondition(StrEnum):
+    """The JobSet's condition types that decide the experiment's phase (``spec.nodes`` > 1)."""
+
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
 
 
 # A runner container waiting for one of these is just starting, not stuck.
@@ -170,24 +180,32 @@ def job_create_failed(
 
 
 def job_created(
-    current: dict[str, Any], job_name: str, *, suspended: bool, queued: bool, generation: int | None, now: str
+    current: dict[str, Any],
+    job_name: str,
+    *,
+    suspended: bool,
+    queued: bool,
+    generation: int | None,
+    now: str,
+    noun: str = "Job",
 ) -> StatusUpdate:
+    """The status right after the operator created its Job (``noun``: or its JobSet)."""
     conds = set_condition(
         current.get("conditions"),
         ConditionType.JOB_CREATED,
         True,
         Reason.JOB_CREATED,
-        f"created Job {job_name}",
+        f"created {noun} {job_name}",
         generation=generation,
         now=now,
     )
     if suspended:
         phase, reason = Phase.SUSPENDED, Reason.SUSPENDED
-        message = f"Job {job_name} is suspended (spec.suspend)"
+        message = f"{noun} {job_name} is suspended (spec.suspend)"
     elif queued:
-        phase, reason, message = Phase.PENDING, Reason.QUEUED, f"Job {job_name} waits for Kueue admission"
+        phase, reason, message = Phase.PENDING, Reason.QUEUED, f"{noun} {job_name} waits for Kueue admission"
     else:
-        phase, reason, message = Phase.PENDING, Reason.JOB_CREATED, f"created Job {job_name}"
+        phase, reason, message = Phase.PENDING, Reason.JOB_CREATED, f"created {noun} {job_name}"
     patch = {
         "phase": phase,
         "reason": reason,
@@ -197,13 +215,16 @@ def job_created(
         "jobName": job_name,
         "attempts": 0,
     }
-    return StatusUpdate(patch, [(EventType.NORMAL, Reason.JOB_CREATED, f"created Job {job_name}")])
+    return StatusUpdate(patch, [(EventType.NORMAL, Reason.JOB_CREATED, f"created {noun} {job_name}")])
 
 
-def job_deleted(current: dict[str, Any], job_name: str, *, generation: int | None, now: str) -> StatusUpdate:
-    """The Job vanished before it finished: report it; never silently recreate."""
+def job_deleted(
+    current: dict[str, Any], job_name: str, *, generation: int | None, now: str, noun: str = "Job"
+) -> StatusUpdate:
+    """The Job (or JobSet) vanished before it finished: report it; never silently recreate."""
     message = (
-        f"Job {job_name} was deleted before it finished; delete and re-create the experiment to run it again"
+        f"{noun} {job_name} was deleted before it finished; "
+        "delete and re-create the experiment to run it again"
     )
     conds = [(ConditionType.FAILED, True), (ConditionType.RUNNING, False)]
     fields = {"completionTime": now}
@@ -274,8 +295,10 @@ def map_job_status(
     generation: int | None,
     spec_suspend: bool,
     now: str | None = None,
+    noun: str = "Job",
 ) -> StatusUpdate:
-    """The experiment status that the Job and its pods imply (a merge patch for ``status``)."""
+    """The experiment status that the Job and its pods imply (a merge patch for ``status``);
+    ``noun`` names the child in messages (a JobSet goes through ``jobset_as_job`` first)."""
     current = dict(current_status or {})
     now = now or now_iso()
     status = job.get("status") or {}
@@ -321,20 +344,22 @@ def map_job_status(
     elif spec.get("suspend"):
         if spec_suspend:
             patch.update(
-                phase=Phase.SUSPENDED, reason=Reason.SUSPENDED, message=f"Job {job_name} is suspended"
+                phase=Phase.SUSPENDED, reason=Reason.SUSPENDED, message=f"{noun} {job_name} is suspended"
             )
         else:
             patch.update(
-                phase=Phase.PENDING, reason=Reason.QUEUED, message=f"Job {job_name} waits for admission"
+                phase=Phase.PENDING, reason=Reason.QUEUED, message=f"{noun} {job_name} waits for admission"
             )
     elif int(status.get("ready") or 0) > 0 or _any_running(pods):
-        patch.update(phase=Phase.RUNNING, reason=Reason.RUNNING, message=f"Job {job_name} is running")
+        patch.update(phase=Phase.RUNNING, reason=Reason.RUNNING, message=f"{noun} {job_name} is running")
     else:
         reason, detail = _waiting_reason(pods)
         if reason:
             patch.update(phase=Phase.PENDING, reason=reason, message=(detail or reason)[:MESSAGE_LIMIT])
         else:
-            patch.update(phase=Phase.PENDING, reason=Reason.STARTING, message=f"Job {job_name} is starting")
+            patch.update(
+                phase=Phase.PENDING, reason=Reason.STARTING, message=f"{noun} {job_name} is starting"
+            )
 
     phase = patch["phase"]
     updates = [(ConditionType.RUNNING, phase == Phase.RUNNING)]
@@ -351,23 +376,69 @@ def map_job_status(
     return StatusUpdate(patch, _transition(current, patch, etype))
 
 
+def is_jobset(child: dict[str, Any]) -> bool:
+    return child.get("kind") == JOBSET_KIND
+
+
+def child_noun(child: dict[str, Any]) -> str:
+    return JOBSET_KIND if is_jobset(child) else "Job"
+
+
+def jobset_as_job(jobset: dict[str, Any]) -> dict[str, Any]:
+    """A JobSet seen as the one Job ``map_job_status`` reads: its Completed/Failed conditions
+    become Complete/Failed, Suspended (condition or ``spec.suspend``) becomes ``spec.suspend``,
+    and the counts say whether a run is active and how many restarts (attempts) there were."""
+    status = jobset.get("status") or {}
+    conds = _true_conditions(jobset)
+    as_job = {JobSetCondition.COMPLETED: JobCondition.COMPLETE, JobSetCondition.FAILED: JobCondition.FAILED}
+    job_conditions = [{**c, "type": as_job[t]} for t, c in conds.items() if t in as_job]
+    replicated = status.get("replicatedJobsStatus") or []
+    finished = bool(job_conditions)
+    active = sum(int(r.get("active") or 0) for r in replicated)
+    suspended = bool((jobset.get("spec") or {}).get("suspend")) or JobSetCondition.SUSPENDED in conds
+    restarts = int(status.get("restarts") or 0)
+    return {
+        "metadata": {"name": (jobset.get("metadata") or {}).get("name")},
+        "spec": {"suspend": suspended and not finished},
+        "status": {
+            "conditions": job_conditions,
+            "active": 1 if active and not finished else 0,
+            "ready": sum(int(r.get("ready") or 0) for r in replicated),
+            "failed": restarts + (1 if JobSetCondition.FAILED in conds else 0),
+            "succeeded": 1 if JobSetCondition.COMPLETED in conds else 0,
+        },
+    }
+
+
+def leader_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods of node rank 0 (completion index 0), whose rank 0 writes the run's termination
+    message; all pods when none says its index."""
+    leaders = [p for p in pods if completion_index(p) == "0"]
+    return leaders or pods
+
+
 def job_observed(
     experiment: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]], now: str
 ) -> StatusUpdate:
-    """``map_job_status`` for the experiment's own Job, recording that the Job exists (the
-    JobCreated condition) when an earlier status does not say so yet (e.g. the operator
-    restarted between creating the Job and patching the status)."""
+    """``map_job_status`` for the experiment's own Job or JobSet (``kind``), recording that it
+    exists (the JobCreated condition) when an earlier status does not say so yet (e.g. the
+    operator restarted between creating it and patching the status)."""
     current = experiment.get("status") or {}
     generation = experiment["metadata"].get("generation")
     spec_suspend = bool((experiment.get("spec") or {}).get("suspend"))
-    update = map_job_status(current, job, pods, generation=generation, spec_suspend=spec_suspend, now=now)
+    noun = child_noun(job)
+    if is_jobset(job):
+        job, pods = jobset_as_job(job), leader_pods(pods)
+    update = map_job_status(
+        current, job, pods, generation=generation, spec_suspend=spec_suspend, now=now, noun=noun
+    )
     if not has_condition(current, ConditionType.JOB_CREATED, None):
         update.patch["conditions"] = set_condition(
             update.patch["conditions"],
             ConditionType.JOB_CREATED,
             True,
             Reason.JOB_CREATED,
-            f"Job {job['metadata']['name']} exists",
+            f"{noun} {job['metadata']['name']} exists",
             generation=generation,
             now=now,
         )
@@ -375,8 +446,9 @@ def job_observed(
 
 
 def job_started(experiment: dict[str, Any], job: dict[str, Any], now: str) -> StatusUpdate:
-    """The status right after the operator created ``job``: JobCreated (its Event), then what
-    the new Job already says (starting, queued or suspended), so that one write converges."""
+    """The status right after the operator created ``job`` (a Job or a JobSet): JobCreated (its
+    Event), then what the new child already says (starting, queued or suspended), so that one
+    write converges."""
     spec = experiment.get("spec") or {}
     current = experiment.get("status") or {}
     created = job_created(
@@ -386,9 +458,26 @@ def job_started(experiment: dict[str, Any], job: dict[str, Any], now: str) -> St
         queued=bool(spec.get("queueName")),
         generation=experiment["metadata"].get("generation"),
         now=now,
+        noun=child_noun(job),
     )
     observed = job_observed({**experiment, "status": {**current, **created.patch}}, job, [], now)
     return StatusUpdate({**created.patch, **observed.patch}, [*created.events, *observed.events])
+
+
+def jobset_not_installed(
+    current: dict[str, Any], nodes: int, *, generation: int | None, now: str
+) -> StatusUpdate:
+    """``spec.nodes`` > 1 where the API server does not serve JobSets: Failed, no child."""
+    message = (
+        f"spec.nodes: {nodes} nodes run as a JobSet, and this cluster does not serve "
+        "jobset.x-k8s.io/v1alpha2 jobsets; install JobSet (https://jobset.sigs.k8s.io) and re-create "
+        "the experiment, or set spec.nodes: 1"
+    )
+    conds = [(ConditionType.JOB_CREATED, False), (ConditionType.FAILED, True)]
+    fields = {"observedGeneration": generation, "completionTime": now}
+    return _failure(
+        current, Phase.FAILED, Reason.JOBSET_NOT_INSTALLED, message, conds, generation, now, fields
+    )
 
 
 def _any_running(pods: list[dict[str, Any]]) -> bool:

@@ -135,3 +135,62 @@ def test_invalid_specs_name_the_field(change, field):
         validate_spec(cr)
     assert err.value.field == field, str(err.value)
     assert "\n" not in str(err.value)
+
+
+# ---- more than one GPU: torchrun -------------------------------------------------------------
+
+
+def _by_type(kind: str) -> Path:
+    return next(p for p in EXAMPLES if yaml.safe_load(p.read_text())["spec"]["experiment"]["type"] == kind)
+
+
+@pytest.mark.parametrize("kind", ["training-aware", "sparse-transfer"])
+def test_training_with_several_gpus_runs_one_process_per_gpu_under_torchrun(kind):
+    cr = _cr(_by_type(kind))
+    cr["spec"]["gpus"] = 4
+    job = build_job(cr, OperatorSettings())
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    c = _container(job)
+    assert c["command"] == ["torchrun"]
+    assert c["args"][:6] == ["--standalone", "--nproc-per-node", "4", "-m", "sparsify_runner.cli", "run"]
+    assert c["args"][6:8] == ["--quiet", "--experiment"]
+    assert load_experiment(c["args"][8]).type == kind, "the runner accepts the inline experiment"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert not any(e["name"].startswith("PET_") for e in c["env"]), "standalone: no rendezvous env"
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_training_with_one_gpu_or_none_runs_the_runner_directly(gpus):
+    cr = _cr(_by_type("training-aware"))
+    cr["spec"]["gpus"] = gpus
+    c = _container(build_job(cr, OperatorSettings()))
+    assert "command" not in c, "the image's ENTRYPOINT (sparsify-runner)"
+    assert c["args"][:3] == ["run", "--quiet", "--experiment"]
+
+
+def test_one_shot_runs_one_process_whatever_the_gpus():
+    cr = _cr(_by_type("one-shot"))
+    cr["spec"]["gpus"] = 4
+    c = _container(build_job(cr, OperatorSettings()))
+    assert "command" not in c and c["args"][:3] == ["run", "--quiet", "--experiment"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "4"
+
+
+def test_one_shot_on_several_nodes_is_refused_naming_spec_nodes():
+    cr = _cr(_by_type("one-shot"))
+    cr["spec"]["nodes"] = 2
+    with pytest.raises(SpecError) as err:
+        validate_spec(cr)
+    assert err.value.field == "spec.nodes" and "spec.nodes: 1" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"), [(0, "greater than or equal to 1"), (65, "less than or equal")]
+)
+def test_nodes_out_of_range_names_the_field(nodes, message):
+    cr = _cr(_by_type("training-aware"))
+    cr["spec"]["nodes"] = nodes
+    with pytest.raises(SpecError) as err:
+        validate_spec(cr)
+    assert err.value.field == "spec.nodes" and message in str(err.value)

@@ -58,6 +58,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# spec.nodes > 1: the experiment's JobSet (only where the JobSet CRD is installed)
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # termination messages of the runner pods
 - apiGroups: [""]
   resources: ["pods"]
