@@ -174,6 +174,7 @@ class EpochRecord(BaseModel):
     val_accuracy: float | None = None
     val_map: float | None = Field(None, description="object detection: mAP@0.5:0.95 on the val split")
     val_map50: float | None = Field(None, description="object detection: mAP@0.5 on the val split")
+    val_perplexity: float | None = Field(None, description="text-generation: held-out perplexity")
     sparsity: float | None = None
     lr: float | None = None
 

@@ -77,15 +77,18 @@ def run_candidate(
     calibration: Any,
     held_out: Any,
     out_dir: Path,
+    recipe: list[Any] | None = None,
 ) -> CandidateOutcome:
-    """Compress a fresh float copy of the dense model with ``scheme``, score it, save it."""
+    """Compress a fresh float copy of the dense model with ``scheme``, score it, save it.
+    ``recipe``: llm-compressor modifiers to run instead of the scheme's own (the training
+    pathways quantize a pruned model with rounding that keeps its zeros)."""
     oneshot = _oneshot()
     model = load_model(dense_folder)
     started = time.perf_counter()
     oneshot(
         model=model,
         processor=tokenizer,
-        recipe=build_recipe(scheme, group_size),
+        recipe=recipe if recipe is not None else build_recipe(scheme, group_size),
         dataset=calibration_dataset(calibration),
         max_seq_length=int(calibration.shape[1]),
         num_calibration_samples=int(calibration.shape[0]),

@@ -23,8 +23,28 @@ def get_pathway(kind: ExperimentType) -> Callable[[RunContext], Report]:
     """Import lazily: the one-shot pathway does not pay for transformers, and so on."""
     if kind is ExperimentType.one_shot:
         return _one_shot
+    if kind in _LLM_TRAINING:
+        return _training(kind)
     module = importlib.import_module(f"{__name__}.{_MODULES[kind]}")
     return module.run
+
+
+_LLM_TRAINING = {
+    ExperimentType.training_aware: "run_training_aware",
+    ExperimentType.sparse_transfer: "run_sparse_transfer",
+}
+
+
+def _training(kind: ExperimentType) -> Callable[[RunContext], Report]:
+    """text-generation trains a causal LM (llm/training_pathway.py); every other use case its own way."""
+
+    def run(ctx: RunContext) -> Report:
+        if ctx.experiment.use_case == TEXT_GENERATION:
+            llm = importlib.import_module("sparsify_runner.llm.training_pathway")
+            return getattr(llm, _LLM_TRAINING[kind])(ctx)
+        return importlib.import_module(f"{__name__}.{_MODULES[kind]}").run(ctx)
+
+    return run
 
 
 def _one_shot(ctx: RunContext) -> Report:

@@ -283,6 +283,7 @@ class Trainer:
             val_accuracy=_rounded(metrics.get("accuracy")),
             val_map=_rounded(metrics.get("map")),
             val_map50=_rounded(metrics.get("map50")),
+            val_perplexity=_rounded(metrics.get("perplexity")),
             sparsity=round(prunable_sparsity(self.bare_model), 5),
             lr=self.lr_at(max(0, self.step - 1)),
         )
