@@ -212,7 +212,7 @@ def test_text_shorter_than_one_sequence(tmp_path, tiny_llama, capsys):
 
 def test_rows_without_a_text_column(tmp_path, tiny_llama, capsys):
     data = tmp_path / "rows.jsonl"
-    data.write_text('{"prompt": "hello"}\n', encoding="utf-8")
+    data.write_text('{"body": "hello"}\n', encoding="utf-8")  # prompt/messages rows: tests/llm/test_data.py
     out = tmp_path / "out"
     _assert_bad(one_shot(tiny_llama, data, out), capsys, "--data", "no 'text' column", out=out)
 
