@@ -7,7 +7,10 @@ offline, mails as an attachment and prints. Every value taken from the report is
 
 Sections have stable ids (``summary``, ``speedup-source``, ``layers``, ``latency``,
 ``candidates``, ``training``, ``notes``) that tests and the dashboard rely on; a section
-without data says so in one line instead of drawing an empty plot.
+without data says so in one line instead of drawing an empty plot. A text-generation run
+(``llm.report.LlmReport``: a report with a ``perplexity`` section) adds ``llm`` after the
+summary (perplexity before/after with intervals, disk size, the choice, greedy generations,
+the CPU export's decode speed when there is one) and lists its candidates by perplexity.
 """
 
 from __future__ import annotations
@@ -408,6 +411,8 @@ def _outcome_candidates(report: Report) -> str:
 
 def _candidates(report: Report) -> str:
     cands = report.candidates
+    if getattr(report, "perplexity", None) is not None:
+        return _llm_candidates(report)
     if not cands:
         return _empty("No INT8 candidates were measured in this run.")
     if report.policy is not None:
@@ -449,6 +454,142 @@ def _candidates(report: Report) -> str:
         + '<p class="sub">Fidelity: top-1 agreement with the reference for classifiers, else cosine '
         "similarity of the outputs. The chosen candidate is highlighted.</p>" + table
     )
+
+
+# ---- text generation (llm.report.LlmReport; read by attribute: this module stays torch-free) -------------
+
+
+def _interval(pair: list[float] | None, fmt: str) -> str:
+    return "" if not pair else f" ({fmt.format(pair[0])} to {fmt.format(pair[1])})"
+
+
+def _llm(report: Report) -> str:
+    ppl = report.perplexity  # type: ignore[attr-defined]
+    b, o = report.baseline, report.optimized
+    change = f"{ppl.increase:+.2%}{_interval(ppl.increase_interval, '{:+.2%}')}"
+    cls = "worse" if ppl.increase > ppl.budget else ("better" if ppl.increase < 0 else "")
+    rows = [
+        [
+            f"perplexity, {ppl.windows} held-out windows of {ppl.sequence_length} tokens",
+            f"{ppl.baseline:.3f}{_interval(ppl.baseline_interval, '{:.3f}')}",
+            f"{ppl.optimized:.3f}{_interval(ppl.optimized_interval, '{:.3f}')}",
+            f'<span class="{cls}">{_e(change)}</span>',
+        ],
+        ["budget (relative perplexity increase)", "", "", f"+{ppl.budget:.2%}"],
+    ]
+    if ppl.reloaded is not None:
+        rows.append(["perplexity of the published folder, reloaded", "", f"{ppl.reloaded:.3f}", ""])
+    rows.append(
+        [
+            "weights on disk",
+            format_size(b.file_size_bytes),
+            format_size(o.file_size_bytes),
+            _ratio_text(b.file_size_bytes, o.file_size_bytes),
+        ]
+    )
+    rows.append(
+        [
+            "weights, deflated",
+            format_size(b.compressed_size_bytes),
+            format_size(o.compressed_size_bytes),
+            _ratio_text(b.compressed_size_bytes, o.compressed_size_bytes),
+        ]
+    )
+    rows.extend(_llm_cpu_rows(getattr(report, "cpu_export", None)))
+    parts = [
+        _table(["", "dense", "shipped", "change"], rows),
+        '<p class="sub">Intervals: 90% bootstrap over windows; the change is paired (both models on the '
+        "same resampled windows). The budget is judged on the point estimate.</p>",
+    ]
+    reason = (report.policy or {}).get("reason")
+    if reason:
+        parts.append(f"<p><strong>Choice:</strong> {_e(reason)}.</p>")
+    parts.append("<h3>Greedy generations</h3>" + _generations(getattr(report, "generations", None)))
+    data = getattr(report, "data", None) or {}
+    sources = data.get("sources") or {}
+    if sources:
+        parts.append(
+            f'<p class="sub">Calibration: {_e(sources.get("calibration"))} '
+            f"({_e(data.get('calibration_windows'))} windows); held-out: {_e(sources.get('held_out'))} "
+            f"({_e(data.get('held_out_windows'))} windows). The two never share a token.</p>"
+        )
+    return "".join(parts)
+
+
+def _llm_cpu_rows(cpu: Any) -> list[list[str]]:
+    """Decode and prefill speed of the onnxruntime CPU export (dense FP32 vs shipped), when measured."""
+    if cpu is None:
+        return []
+    d, s = cpu.dense, cpu.shipped
+    return [
+        [
+            f"decode on onnxruntime CPU, batch 1 ({_e(s.weights)} vs {_e(d.weights)})",
+            f"{d.decode_tokens_per_s:,.1f} tokens/s",
+            f"{s.decode_tokens_per_s:,.1f} tokens/s",
+            _e(cpu.decode_speed.words()),
+        ],
+        [
+            f"prefill of {cpu.prefill_tokens} tokens",
+            _ms(d.prefill.median_ms),
+            _ms(s.prefill.median_ms),
+            _e(cpu.prefill_speed.words()),
+        ],
+    ]
+
+
+def _generations(gen: Any) -> str:
+    if gen is None or not gen.samples:
+        return _empty("No generations were recorded in this run.")
+    rows = []
+    for g in gen.samples:
+        verdict = "same" if g.same else f"differs from token {g.first_difference + 1}"
+        rows.append(
+            [
+                f'<span class="text">{_e(g.prompt)}</span>',
+                f'<span class="text">{_e(g.dense)}</span>',
+                f'<span class="text">{_e(g.shipped)}</span>',
+                _e(verdict),
+            ]
+        )
+    table = _table(
+        ['<span class="text">prompt (held-out text)</span>', "dense", "shipped", ""], rows
+    ).replace("<td>", '<td class="text">')
+    return (
+        f'<p class="sub">Greedy continuations of up to {gen.max_new_tokens} tokens after '
+        f"{gen.prompt_tokens}-token prompts; {gen.same} of {len(gen.samples)} are the same tokens.</p>"
+        + table
+    )
+
+
+def _llm_candidates(report: Report) -> str:
+    cands = report.candidates
+    if not cands:
+        return _empty("No candidates: optim level 0 ships the dense model unchanged.")
+    rows = []
+    for c in cands:
+        built = c.perplexity is not None
+        rows.append(
+            [
+                f'<span class="text">{_e(c.name)}</span>' + (" (chosen)" if c.chosen else ""),
+                f'<span class="text">{_e(c.scheme or "")}</span>',
+                f"{c.perplexity:.3f}{_interval(c.perplexity_interval, '{:.3f}')}" if built else "",
+                f"{c.accuracy_drop:+.2%}{_interval(c.accuracy_drop_interval, '{:+.2%}')}" if built else "",
+                "yes" if c.within_budget else ("no" if c.within_budget is False else ""),
+                format_size(c.size_bytes) if built else "",
+                format_size(c.compressed_size_bytes) if built else "",
+                _num(c.compress_seconds, "{:.1f} s"),
+                _e("" if built else (c.note or "")),
+            ]
+        )
+    head = ["candidate", "scheme", "perplexity (90%)", "increase (paired 90%)", "in budget", "weights",
+            "deflated", "oneshot", "note"]
+    budget = (report.policy or {}).get("max_perplexity_increase")
+    caption = ""
+    if budget is not None:
+        caption = (
+            f"<p>Built most compressed first; the first within the +{budget:.2%} perplexity budget ships.</p>"
+        )
+    return caption + _table(head, rows, row_classes=["chosen" if c.chosen else "" for c in cands])
 
 
 def _training(report: Report) -> str:
@@ -523,6 +664,11 @@ def render_report_body(report: Report) -> str:
     """The sections of the report as an HTML fragment (the dashboard embeds this)."""
     sections = [
         _section("summary", "Summary", _summary(report)),
+        *(
+            [_section("llm", "Text generation: perplexity, size and generations", _llm(report))]
+            if getattr(report, "perplexity", None) is not None
+            else []
+        ),
         _section("speedup-source", "Where the speedup came from", _speedup_source(report)),
         _section("layers", "Per-layer sparsity", _layers(report)),
         _section("latency", "Latency: baseline vs optimized", _latency(report)),
