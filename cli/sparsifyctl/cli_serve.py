@@ -13,13 +13,16 @@ from .cli import app
 @app.command("serve")
 def serve_command(
     model: str = typer.Argument(
-        ..., help="MODEL.onnx, a run's output folder (model.onnx + report.json), or s3://... / https://..."
+        ...,
+        help="MODEL.onnx, a run's output folder (model.onnx + report.json), or s3://... / https://...; with "
+        "--task text-generation: a text-generation run's output folder (its onnx/ export) or onnx/ itself",
     ),
     task: str | None = typer.Option(
         None,
         "--task",
         help="image-classification or text-classification: adds POST /predict taking an image or text "
-        "(preprocessing and class names stored with the model by the training pathways).",
+        "(preprocessing and class names stored with the model by the training pathways); text-generation: "
+        "serves the CPU export with OpenAI-compatible /v1/completions and /v1/chat/completions.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 in a container)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port (0 = any free port, printed)."),
@@ -48,7 +51,8 @@ def serve_command(
     ),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
 ) -> None:
-    """Serve an ONNX model over HTTP (KServe v2 / Open Inference Protocol) until SIGTERM."""
+    """Serve an ONNX model over HTTP (KServe v2 / Open Inference Protocol; OpenAI-compatible for
+    --task text-generation) until SIGTERM."""
     try:
         import sparsify_runner.serve.app  # noqa: F401  (fastapi, prometheus_client)
         from sparsify_runner.serve.server import run_server  # uvicorn

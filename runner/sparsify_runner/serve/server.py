@@ -94,12 +94,26 @@ def run_server(
 ) -> int:
     """``sparsifyctl serve``: resolve and load the model, check the task, bind, serve.
     Every problem before the first request is an InputError (one line, exit 2)."""
+    from ..spec import UseCase, normalize_use_case
     from .app import create_app
     from .model import load, resolve
     from .task import make_task
 
     if device not in ("cpu", "cuda"):
         raise InputError(f"--device must be cpu or cuda, got '{device}'")
+    if task is not None and normalize_use_case(task) == UseCase.text_generation:
+        if device != "cpu":
+            raise InputError("--task text-generation serves the CPU export; use --device cpu")
+        return _run_llm_server(
+            source,
+            host=host,
+            port=port,
+            name=name,
+            max_request_bytes=max_request_bytes,
+            graceful_timeout_s=graceful_timeout_s,
+            threads=threads,
+            access_log=access_log,
+        )
     model = load(resolve(source, name), device=device, threads=threads)
     handler = make_task(task, model) if task else None
     app = create_app(
@@ -122,6 +136,35 @@ def run_server(
     print(
         f"sparsify serve: model '{model.name}' on http://{shown}:{bound}/v2/models/{model.name} "
         f"({batching}{', task ' + handler.use_case + ' at POST /predict' if handler else ''})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return serve(app, sock, graceful_timeout_s=graceful_timeout_s, access_log=access_log)
+
+
+def _run_llm_server(
+    source: str,
+    *,
+    host: str,
+    port: int,
+    name: str | None,
+    max_request_bytes: int,
+    graceful_timeout_s: float,
+    threads: int,
+    access_log: bool,
+) -> int:
+    """``--task text-generation``: the CPU export behind OpenAI-compatible routes."""
+    from .openai_app import create_openai_app
+    from .openai_engine import TextGenerator, resolve_llm
+
+    generator = TextGenerator(resolve_llm(source, name), threads=threads)
+    app = create_openai_app(generator, max_request_bytes=max_request_bytes)
+    sock = bind(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"sparsify serve: model '{generator.name}' on http://{shown}:{sock.getsockname()[1]}/v1 "
+        f"(OpenAI-compatible /v1/completions and /v1/chat/completions, one request at a time, "
+        f"context {generator.context} tokens)",
         file=sys.stderr,
         flush=True,
     )
