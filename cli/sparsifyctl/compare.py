@@ -53,7 +53,16 @@ class RunRecord(BaseModel):
 
 
 def _parse_report(data: bytes | str, where: str) -> Report:
+    """A report.json; a text-generation run's (it has ``perplexity``) as its ``LlmReport``, so the
+    HTML report keeps its LLM section (perplexity, generations) wherever it is rendered."""
     try:
+        if b'"perplexity"' in (data.encode() if isinstance(data, str) else data):
+            from sparsify_runner.llm.report import LlmReport  # pydantic only, no torch
+
+            try:
+                return LlmReport.model_validate_json(data)
+            except ValidationError:
+                pass  # not an LLM report after all: judged as a plain Report below
         return Report.model_validate_json(data)
     except ValidationError as err:
         first = err.errors()[0]

@@ -103,3 +103,15 @@ def test_html_escapes_generated_text(llm_run):
     rep.generations.samples[0].shipped = "<script>alert(1)</script>"
     html = render_report_html(rep)
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_dashboard_and_compare_keep_the_llm_section(llm_run):
+    """The dashboard renders a run's report from report.json: a text-generation report keeps its section."""
+    from fastapi.testclient import TestClient
+    from sparsifyctl.dashboard.app import create_app
+
+    client = TestClient(create_app([str(llm_run.parent)], None, None), base_url="http://127.0.0.1")
+    page = client.get(f"/report/0/{llm_run.name}")
+    assert page.status_code == 200, page.text[:300]
+    assert page.text == (llm_run / "report.html").read_text(encoding="utf-8")
+    assert '<section id="llm">' in page.text
