@@ -29,7 +29,7 @@ from ..speedup import ChannelCounts
 from ..training.config import TrainConfig
 from ..training.finish import TrainingOutcome
 from ..training.flow import TrainingPlan, run_training_pathway
-from ..training.loop import prunable_sparsity
+from ..training.loop import distributed, prunable_sparsity
 from ..training.reporting import ReportExtras, channel_layers
 from ..training.setup import TrainingSetup
 
@@ -115,7 +115,8 @@ def main_phase_modifiers(
 ) -> list[Modifier]:
     """The recipe's main-phase modifiers, each from its own config: GMP or channel pruning on
     the recipe's schedule, then distillation."""
-    steps_per_epoch = cfg.steps_per_epoch(len(task.train))
+    # the schedule in the Trainer's steps (fewer under torchrun: one global batch per step)
+    steps_per_epoch = cfg.steps_per_epoch(len(task.train), distributed()[1])
     steps = steps_per_epoch * main_epochs
     heads = output_layers(model, task)
     modifiers: list[Modifier] = []

@@ -52,9 +52,11 @@ class TrainConfig:
             cfg.checkpoint_every = max(1, min(200, steps_per_epoch // 4 or 1))
         return cfg
 
-    def steps_per_epoch(self, train_count: int) -> int:
+    def steps_per_epoch(self, train_count: int, world: int = 1) -> int:
+        """Optimizer steps per epoch, as the Trainer counts them: under torchrun each of ``world``
+        processes takes ``batch_size`` of every step's samples."""
         n = min(train_count, self.max_train_samples) if self.max_train_samples > 0 else train_count
-        return max(1, math.ceil(n / self.batch_size))
+        return max(1, math.ceil(n / world / self.batch_size))
 
 
 def parse_train_kwargs(raw: dict[str, Any]) -> TrainConfig:
