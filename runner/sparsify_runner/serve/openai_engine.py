@@ -87,7 +87,8 @@ def resolve_llm(source: str, name: str | None = None) -> LlmSource:
         )
     if (path / INFO_FILE).is_file():
         folder = path
-        report = report if report is not None else path.parent / REPORT_FILE
+        if report is None or not report.is_file():  # onnx/ given: the run's report is beside it
+            report = path.parent / REPORT_FILE if uri_scheme(source) == "file" else None
     elif (path / ONNX_DIR / INFO_FILE).is_file():
         folder = path / ONNX_DIR
     else:
