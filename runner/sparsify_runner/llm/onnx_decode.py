@@ -58,6 +58,8 @@ class OnnxCausalLM:
 
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         self._present = [o.name for o in self.session.get_outputs()][1:]
+        # onnxruntime-genai's graphs rotate inside GroupQueryAttention and take no position_ids
+        self._wants_positions = any(i.name == "position_ids" for i in self.session.get_inputs())
         self._past = [
             name.format(i=i)
             for i in range(self.info.num_layers)
@@ -88,6 +90,8 @@ class OnnxCausalLM:
             "position_ids": np.broadcast_to(np.arange(done, done + seq, dtype=np.int64), (batch, seq)).copy(),
             **past,
         }
+        if not self._wants_positions:
+            del feed["position_ids"]
         outputs = self.session.run(None, feed)
         cache = dict(zip(self._past, outputs[1:], strict=True))
         return outputs[0], cache

@@ -374,6 +374,13 @@ def export_onnx(model_folder: Path, out_dir: Path, *, accuracy_level: int = 0) -
     return ExportResult(folder=out_dir, info=info, size_bytes=size)
 
 
+def check_exportable(model_folder: Path) -> None:
+    """Raise :class:`ExportError` (one line) when the folder's architecture cannot be exported."""
+    config = _config(Path(model_folder))
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise ExportError("--model: the CPU ONNX export supports Llama-family layers without biases")
+
+
 def _config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     if not path.is_file():

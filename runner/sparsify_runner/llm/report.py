@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from ..report import CandidateRecord, ModelStats, Report
-from .generations import GenerationsReport
+from ..report import CandidateRecord, LatencyStats, ModelStats, Report, SpeedComparison
 
 GZIP_LEVEL = 1
 """Fast deflate for multi-GB folders; zeros and repeated bytes still shrink."""
@@ -45,13 +44,48 @@ class PerplexityReport(BaseModel):
     )
 
 
+class OnnxModelSpeed(BaseModel):
+    """One CPU ONNX export timed on onnxruntime at batch 1 (``onnx_decode.time_models``)."""
+
+    weights: str = Field(description="int4 (MatMulNBits) or fp32 (MatMul)")
+    prefill: LatencyStats = Field(description="ms per prompt of prefill_tokens tokens, one sample per prompt")
+    decode: LatencyStats = Field(description="ms per generated token with the KV cache, one sample per token")
+    decode_tokens_per_s: float = Field(description="1000 / decode.median_ms")
+    memory_bytes: int | None = Field(
+        None, description="resident memory the session added once loaded and warmed up (RSS delta)"
+    )
+    size_bytes: int = Field(description="model.onnx + its external data")
+    perplexity: float | None = Field(None, description="held-out perplexity of this ONNX model, same windows")
+    perplexity_interval: list[float] | None = None
+
+
+class CpuExportReport(BaseModel):
+    """The CPU deployment: ``onnx/`` beside ``model/``, timed against the dense FP32 export."""
+
+    folder: str
+    weights: str
+    block_size: int | None
+    accuracy_level: int
+    prefill_tokens: int
+    decode_tokens: int = Field(description="greedy tokens per timed round")
+    rounds: int
+    dense: OnnxModelSpeed
+    shipped: OnnxModelSpeed
+    decode_speed: SpeedComparison = Field(description="dense / shipped median ms per decoded token")
+    prefill_speed: SpeedComparison
+    torch_perplexity: float = Field(
+        description="the shipped model's perplexity in torch (GPTQ fake-quantized)"
+    )
+    perplexity_matches: bool = Field(description="shipped ONNX perplexity within 0.1% of torch's")
+
+
 class LlmReport(Report):
     candidates: list[LlmCandidate] = Field(default_factory=list)
     perplexity: PerplexityReport
-    data: dict = Field(default_factory=dict, description="where calibration and held-out windows came from")
-    generations: GenerationsReport | None = Field(
-        None, description="greedy continuations of a few held-out prompts by the dense and the shipped model"
+    cpu_export: CpuExportReport | None = Field(
+        None, description="the onnxruntime CPU export and its decode speed (--deploy-device cpu)"
     )
+    data: dict = Field(default_factory=dict, description="where calibration and held-out windows came from")
 
 
 def folder_stats(folder: Path, parameters: int, sparsity: float = 0.0) -> ModelStats:
