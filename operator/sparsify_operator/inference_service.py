@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+from sparsify_runner.spec import TEXT_GENERATION, normalize_use_case  # pure pydantic, no torch
+
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
 MODEL_FORMAT = "onnx"
@@ -44,7 +46,6 @@ TRITON_RUNTIME = "kserve-tritonserver"
 LLM_FOLDER = "model"  # = sparsify_runner.run.MODEL_FOLDER: text-generation's compressed-tensors folder
 HF_MODEL_FORMAT = "huggingface"
 HF_RUNTIME = "kserve-huggingfaceserver"
-LLM_USE_CASES = {"text-generation", "text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"}
 # KServe's built-in ServingRuntimes that cannot serve ONNX over the v2 protocol
 NON_ONNX_RUNTIMES = {
     "kserve-sklearnserver",
@@ -334,7 +335,7 @@ def from_experiment(obj: dict[str, Any]) -> Source:
         )
     spec = obj.get("spec") or {}
     experiment = spec.get("experiment") or {}
-    llm = str(experiment.get("useCase") or "").lower() in LLM_USE_CASES
+    llm = normalize_use_case(str(experiment.get("useCase") or "")) == TEXT_GENERATION
     results = status.get("results") or {}
     # a text-generation run serves its model folder (modelUri) when its runner set no servingUri
     uri = results.get("servingUri") or (results.get("modelUri") if llm else None)
