@@ -130,12 +130,17 @@ def _env(name: str, value: Any) -> dict[str, Any]:
     return {"name": name, "value": str(value)}
 
 
+# the CRD's camelCase field -> the Kubernetes resource name (a real API server refuses the Job with
+# "ephemeralStorage: must be a standard resource type")
+_RESOURCE_NAMES = {"ephemeralStorage": "ephemeral-storage"}
+
+
 def _resources(spec: SparsifyExperimentSpec, settings: OperatorSettings) -> dict[str, Any]:
     out: dict[str, dict[str, str]] = {}
     for part in ("requests", "limits"):
         values = getattr(spec.resources, part).model_dump(by_alias=True, exclude_none=True)
         if values:
-            out[part] = dict(values)
+            out[part] = {_RESOURCE_NAMES.get(k, k): v for k, v in values.items()}
     if spec.gpus:
         out.setdefault("limits", {})[settings.gpu_resource] = str(spec.gpus)
     return out

@@ -23,26 +23,26 @@ in-process, expressed as flags:
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
-import os
-import signal
-import socket
 import ssl
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PLANE_DIR = Path(os.environ.get("SPARSIFY_CONTROL_PLANE_DIR", ROOT / ".tools" / "control-plane" / "current"))
-START_TIMEOUT_S = 90.0
+from loopback_plane import (
+    PLANE_DIR,
+    Certs,
+    Proc,
+    admin_ssl_context,
+    free_port,
+    https_ok,
+    make_certs,
+    missing_reason,
+    retry_port_race,
+    start_etcd,
+    started,
+    write_kubeconfig,
+)
 
 # admission plugins of the generic apiserver that wait on informers of the core API, which this
 # server does not serve; left on, every create would wait for namespaces that never sync
@@ -63,204 +63,6 @@ def pytest_collection_modifyitems(config, items):
             item, "fixturenames", ()
         ):
             item.add_marker(pytest.mark.slow)
-
-
-def _missing_reason() -> str | None:
-    wanted = [PLANE_DIR / "etcd", PLANE_DIR / "apiextensions-apiserver"]
-    missing = [p.name for p in wanted if not os.access(p, os.X_OK)]
-    if not missing:
-        return None
-    logs = sorted((ROOT / ".tools" / "control-plane").glob("*/build.log"))
-    hint = f"; last build log: {logs[-1].relative_to(ROOT)}" if logs else ""
-    return (
-        f"real API server not built ({', '.join(missing)} missing under {PLANE_DIR}): "
-        f"run `bash scripts/build-control-plane.sh` (make test-deps){hint}"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# ---- certificates -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Certs:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    admin_cert: Path
-    admin_key: Path
-
-
-def _make_certs(folder: Path) -> Certs:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def key():
-        return ec.generate_private_key(ec.SECP256R1())
-
-    def write_key(k, path: Path) -> Path:
-        path.write_bytes(
-            k.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-        return path
-
-    def write_cert(c, path: Path) -> Path:
-        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def name(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
-
-    ca_key = key()
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("sparsify-test-ca"))
-        .issuer_name(name("sparsify-test-ca"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(subject: x509.Name, usage, san=None):
-        k = key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca.subject)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        )
-        if san is not None:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return k, builder.sign(ca_key, hashes.SHA256())
-
-    server_key, server = leaf(
-        name("127.0.0.1"),
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    # O=system:masters: the delegating authorizer's always-allowed group (the admin)
-    admin_key, admin = leaf(name("sparsify-test-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
-    return Certs(
-        ca=write_cert(ca, folder / "ca.crt"),
-        server_cert=write_cert(server, folder / "server.crt"),
-        server_key=write_key(server_key, folder / "server.key"),
-        admin_cert=write_cert(admin, folder / "admin.crt"),
-        admin_key=write_key(admin_key, folder / "admin.key"),
-    )
-
-
-def _write_kubeconfig(path: Path, server: str, certs: Certs) -> Path:
-    import yaml
-
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server, "certificate-authority": str(certs.ca)}}],
-        "users": [
-            {
-                "name": "admin",
-                "user": {"client-certificate": str(certs.admin_cert), "client-key": str(certs.admin_key)},
-            }
-        ],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
-        "current-context": "test",
-    }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    path.chmod(0o600)
-    return path
-
-
-# ---- processes ----------------------------------------------------------------------------------
-
-
-class _Proc:
-    def __init__(self, name: str, argv: list[str], log: Path):
-        self.name, self.log = name, log
-        self._fh = log.open("wb")
-        self.popen = subprocess.Popen(
-            argv, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            raise RuntimeError(f"{self.name} exited with {code} while starting:\n{self.tail()}")
-
-    def stop(self, grace_s: float = 15.0) -> None:
-        if self.popen.poll() is None:
-            # our own child's process group (start_new_session): nothing else is in it
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-        self._fh.close()
-
-
-def _wait(proc: _Proc, ready, what: str, timeout_s: float = START_TIMEOUT_S) -> float:
-    start = time.monotonic()
-    last = "never answered"
-    while time.monotonic() - start < timeout_s:
-        proc.check_alive()
-        try:
-            ok, last = ready()
-            if ok:
-                return time.monotonic() - start
-        except (OSError, urllib.error.URLError, ssl.SSLError) as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} not ready after {timeout_s:.0f} s ({last}):\n{proc.tail()}")
 
 
 @dataclass
@@ -286,45 +88,13 @@ class ControlPlane:
         return client.ApiClient(cfg)
 
     def ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.certs.ca))
-        ctx.load_cert_chain(str(self.certs.admin_cert), str(self.certs.admin_key))
-        return ctx
+        return admin_ssl_context(self.certs)
 
 
-def _start_etcd(binary: Path, work: Path) -> tuple[_Proc, str, float]:
-    client_port, peer_port = _free_port(), _free_port()
-    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
-    argv = [
-        str(binary),
-        "--name=test",
-        f"--data-dir={work / f'etcd-data-{client_port}'}",
-        f"--listen-client-urls={client_url}",
-        f"--advertise-client-urls={client_url}",
-        f"--listen-peer-urls={peer_url}",
-        f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=test={peer_url}",
-        "--unsafe-no-fsync",
-        "--log-level=warn",
-    ]
-    proc = _Proc("etcd", argv, work / "etcd.log")
-
-    def ready():
-        with urllib.request.urlopen(f"{client_url}/health", timeout=2) as resp:
-            body = resp.read().decode()
-        return json.loads(body).get("health") == "true", body
-
-    try:
-        took = _wait(proc, ready, "etcd")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, client_url, took
-
-
-def _start_apiserver(binary: Path, work: Path, etcd_url: str, certs: Certs) -> tuple[_Proc, str, Path, float]:
-    port = _free_port()
+def _start_apiserver(binary: Path, work: Path, etcd_url: str, certs: Certs) -> tuple[Proc, str, Path, float]:
+    port = free_port()
     server = f"https://127.0.0.1:{port}"
-    kubeconfig = _write_kubeconfig(work / "admin.kubeconfig", server, certs)
+    kubeconfig = write_kubeconfig(work / "admin.kubeconfig", server, certs)
     argv = [
         str(binary),
         f"--etcd-servers={etcd_url}",
@@ -342,9 +112,8 @@ def _start_apiserver(binary: Path, work: Path, etcd_url: str, certs: Certs) -> t
         "--enable-priority-and-fairness=false",
         "--v=1",
     ]
-    proc = _Proc("apiextensions-apiserver", argv, work / "apiserver.log")
-    ctx = ssl.create_default_context(cafile=str(certs.ca))
-    ctx.load_cert_chain(str(certs.admin_cert), str(certs.admin_key))
+    proc = Proc("apiextensions-apiserver", argv, work / "apiserver.log")
+    ctx = admin_ssl_context(certs)
 
     def ready():
         # /readyz less `informer-sync` (that check waits for a Service informer of the core API,
@@ -354,42 +123,24 @@ def _start_apiserver(binary: Path, work: Path, etcd_url: str, certs: Certs) -> t
             "/readyz?exclude=informer-sync",
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?limit=1",
         ):
-            try:
-                with urllib.request.urlopen(f"{server}{path}", timeout=3, context=ctx) as resp:
-                    if resp.status != 200:
-                        return False, f"{path}: HTTP {resp.status}"
-            except urllib.error.HTTPError as exc:
-                return False, f"{path}: HTTP {exc.code}: {exc.read()[:300]!r}"
+            ok, said = https_ok(f"{server}{path}", ctx)
+            if not ok:
+                return False, f"{path}: {said}"
         return True, "ready"
 
-    try:
-        took = _wait(proc, ready, "apiextensions-apiserver")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, server, kubeconfig, took
-
-
-def _retry_port_race(start, attempts: int = 3):
-    """A free port can be taken between choosing it and the server binding it: try again."""
-    for attempt in range(attempts):
-        try:
-            return start()
-        except RuntimeError as exc:
-            if "address already in use" not in str(exc) or attempt == attempts - 1:
-                raise
+    return proc, server, kubeconfig, started(proc, ready, "apiextensions-apiserver")
 
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory) -> Iterator[ControlPlane]:
-    reason = _missing_reason()
+    reason = missing_reason("etcd", "apiextensions-apiserver")
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("control-plane")
-    certs = _make_certs(work)
-    etcd, etcd_url, etcd_s = _retry_port_race(lambda: _start_etcd(PLANE_DIR / "etcd", work))
+    certs = make_certs(work)
+    etcd, etcd_url, etcd_s = retry_port_race(lambda: start_etcd(PLANE_DIR / "etcd", work))
     try:
-        api, server, kubeconfig, api_s = _retry_port_race(
+        api, server, kubeconfig, api_s = retry_port_race(
             lambda: _start_apiserver(PLANE_DIR / "apiextensions-apiserver", work, etcd_url, certs)
         )
     except BaseException:
