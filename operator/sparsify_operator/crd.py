@@ -66,6 +66,16 @@ EXPERIMENT_RULES.append(
     }
 )
 
+# Rules on the experiment spec beside spec.experiment (a sweep applies them to spec.template).
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.nodes) || self.nodes <= 1 || self.experiment.type != 'one-shot'",
+        "message": "spec.nodes above 1 is for training-aware and sparse-transfer (one-shot runs in one "
+        "process on one node); set spec.nodes: 1",
+        "fieldPath": ".nodes",
+    }
+]
+
 # Bounds so the API server's CEL cost estimator accepts the rules (unbounded strings/maps
 # are estimated at the request size limit).
 MAX_STRING = 4096
@@ -206,6 +216,7 @@ def experiment_schema() -> dict[str, Any]:
     _fix_preserve(spec)
     _fix_preserve(status)
     spec["properties"]["experiment"]["x-kubernetes-validations"] = EXPERIMENT_RULES
+    spec["x-kubernetes-validations"] = SPEC_RULES
     _bound(spec)
     _bound(status)
     # conditions are a map keyed by type (server-side apply friendly)
@@ -292,6 +303,7 @@ def sweep_schema() -> dict[str, Any]:
     _fix_preserve(spec)
     _fix_preserve(status)
     spec["properties"]["template"]["properties"]["experiment"]["x-kubernetes-validations"] = EXPERIMENT_RULES
+    spec["properties"]["template"]["x-kubernetes-validations"] = SPEC_RULES
     spec["x-kubernetes-validations"] = [
         {
             "rule": "self == oldSelf",

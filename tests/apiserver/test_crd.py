@@ -277,6 +277,20 @@ def _sweep_case(mutate: Callable[[dict], None]) -> Callable[[CustomObjectsApi], 
     return make
 
 
+def _one_shot_on_two_nodes(custom):
+    """The one-shot example asking for two nodes (spec.nodes, beside spec.experiment)."""
+    body = _example()
+    body["spec"]["nodes"] = 2
+    return lambda: _create(custom, body)
+
+
+def _sweep_of_one_shot_on_two_nodes(custom):
+    body = _sweep()
+    body["spec"]["template"]["experiment"]["type"] = "one-shot"
+    body["spec"]["template"]["nodes"] = 2
+    return lambda: _create(custom, body)
+
+
 def _no_model(exp: dict) -> None:
     exp.pop("model", None)
 
@@ -323,6 +337,7 @@ _MSG_ONE_SHOT = "one-shot needs spec.experiment.model"
 _MSG_TRAINING = "training-aware needs spec.experiment.model"
 _MSG_OUTPUT = "spec.experiment.output cannot be http(s)://"
 _MSG_USE_CASE = "sparse-transfer and training-aware support"
+_MSG_NODES = "spec.nodes above 1 is for training-aware and sparse-transfer"
 CASES: dict[tuple[str, str, str], Callable[[CustomObjectsApi], Callable[[], object]]] = {
     ("SparsifyExperiment", "spec.experiment", _MSG_ONE_SHOT): _experiment_case(_no_model),
     ("SparsifyExperiment", "spec.experiment", _MSG_TRAINING): _experiment_case(_training_aware_without_model),
@@ -338,6 +353,8 @@ CASES: dict[tuple[str, str, str], Callable[[CustomObjectsApi], Callable[[], obje
     ("SparsifySweep", "spec.template.experiment", _MSG_OUTPUT): _sweep_case(_http_output),
     ("SparsifySweep", "spec.template.experiment", _MSG_USE_CASE): _sweep_case(_training_with_custom_use_case),
     ("SparsifySweep", "spec", "a sweep's spec is immutable"): _sweep_spec_changed,
+    ("SparsifyExperiment", "spec", _MSG_NODES): _one_shot_on_two_nodes,
+    ("SparsifySweep", "spec.template", _MSG_NODES): _sweep_of_one_shot_on_two_nodes,
 }
 
 
