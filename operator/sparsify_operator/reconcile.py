@@ -50,13 +50,27 @@ class ChildKind:
 
 
 JOB = ChildKind(
-    "Job", jobs.job_name, jobs.build_job, "get_job", "list_jobs", "create_job", "patch_job", "delete_job",
-    "list_job_pods",
-)  # fmt: skip
+    noun="Job",
+    name=jobs.job_name,
+    build=jobs.build_job,
+    get="get_job",
+    list="list_jobs",
+    create="create_job",
+    patch="patch_job",
+    delete="delete_job",
+    pods="list_job_pods",
+)
 JOBSET = ChildKind(
-    jobset.KIND, jobset.jobset_name, jobset.build_jobset, "get_jobset", "list_jobsets", "create_jobset",
-    "patch_jobset", "delete_jobset", "list_jobset_pods",
-)  # fmt: skip
+    noun=jobset.KIND,
+    name=jobset.jobset_name,
+    build=jobset.build_jobset,
+    get="get_jobset",
+    list="list_jobsets",
+    create="create_jobset",
+    patch="patch_jobset",
+    delete="delete_jobset",
+    pods="list_jobset_pods",
+)
 
 
 def child_kind(body: dict[str, Any]) -> ChildKind:

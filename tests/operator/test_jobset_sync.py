@@ -203,3 +203,38 @@ def test_a_deleted_jobset_is_reported_not_recreated():
             assert st["message"].startswith("JobSet gone-sparsify was deleted")
 
     asyncio.run(scenario())
+
+
+def test_the_operator_follows_jobset_events():
+    """The real kopf loop: the follow-jobset handler turns JobSet status changes into the
+    experiment's phase (no sync is called by the test)."""
+    from op_harness import running_operator, wait_for
+
+    async def phase(c: Cluster, name: str, want: str):
+        async def check():
+            obj = await c.get(EXP, NS, name)
+            return obj if obj and (obj.get("status") or {}).get("phase") == want else None
+
+        return await wait_for(check, timeout=30, what=f"{name} to be {want}")
+
+    async def scenario():
+        async with Cluster() as c:
+            _serve_jobsets(c)
+            await c.secret(NS, "s3-creds")
+            async with running_operator([NS]):
+                await c.create(EXP, _training("looped"))
+                await phase(c, "looped", "Pending")
+                [js] = await c.list(JOBSETS, NS)
+                assert js["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "sparsify-operator"
+                running = {"replicatedJobsStatus": [{"name": "node", "ready": 2, "active": 1}]}
+                await c.patch(JOBSETS, NS, "looped-sparsify", {"status": running}, sub="status")
+                await phase(c, "looped", "Running")
+                summary = RunSummary(status="succeeded", model_uri="s3://out/looped/model.onnx", speedup=1.5)
+                await _node_pod(c, "looped-sparsify", 0, summary.to_message())
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                done = {"conditions": [{"type": "Completed", "status": "True", "lastTransitionTime": now}]}
+                await c.patch(JOBSETS, NS, "looped-sparsify", {"status": done}, sub="status")
+                obj = await phase(c, "looped", "Succeeded")
+                assert obj["status"]["results"]["speedup"] == 1.5
+
+    asyncio.run(scenario())
