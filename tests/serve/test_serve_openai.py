@@ -352,3 +352,39 @@ def test_run_folder_copy_without_report_is_named_after_the_folder(exports, tmp_p
     assert resolve_llm(str(copy), "given").name == "given"
     assert resolve_llm(str(copy / "onnx")).folder == copy / "onnx"
     assert resolve_llm(str(exports["run"] / "onnx")).name == NAME  # the run's report beside onnx/
+
+
+def test_streamed_text_never_splits_a_character_or_shows_a_stop_prefix(reference):
+    """The byte-level tokenizer spells 'é' with two tokens: the first alone decodes to U+FFFD,
+    which is held back; 'ST' is held back until 'STx' shows it is not 'STOP'."""
+    from sparsify_runner.serve.openai_engine import _TextStops
+
+    text = "café STx ok STOP more"
+    ids = reference.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text.encode())  # one token per byte
+    stops = _TextStops(reference.tokenizer, ["STOP", "never"])
+    pieces = []
+    for token in ids:
+        piece, stopped = stops.add(token)
+        pieces.append(piece)
+        if stopped:
+            break
+    assert stopped and "".join(pieces) == "café STx ok "
+    assert pieces[:9] == ["c", "a", "f", "", "é", " ", "", "", "STx"]  # held back, then released whole
+    assert pieces[-4:] == ["", "", "", ""]  # S, T, O held back; P completes the stop: nothing shown
+
+
+def test_a_cancelled_generation_stops_after_the_current_token(exports, reference):
+    from sparsify_runner.serve.openai_engine import Sampling, TextGenerator, resolve_llm
+
+    generator = TextGenerator(resolve_llm(str(exports["run"])), threads=1)
+    ids = reference.tokenizer(PROMPT)["input_ids"]
+    cancel = threading.Event()
+    steps = []
+    for step in generator.steps(ids, 100, Sampling(), [], cancel):
+        steps.append(step)
+        cancel.set()
+    assert len(steps) == 1 and steps[0].finish is None
+    full = list(generator.steps(ids, 100, Sampling(), [], threading.Event()))
+    assert len(full) == 100 and full[-1].finish == "length"
+    assert "".join(s.text for s in full) == _greedy(reference, ids, 100)[1]
