@@ -205,18 +205,78 @@ def test_training_aware_then_quantization_choice(tiny_llama, split_data, tmp_pat
     )
 
 
+def test_channels_removes_head_groups_and_mlp_channels_and_reloads(tiny_llama, split_data, tmp_path, capsys):
+    """--structure channels at level 0.5: every layer keeps the same heads/channels count, so the saved
+    config describes the smaller model and transformers reloads it to the reported perplexity."""
+    out = tmp_path / "ch"
+    code, _, stderr = run_cli(
+        _train(
+            "training-aware",
+            tiny_llama,
+            split_data,
+            out,
+            "--optim-level",
+            "0.5",
+            "--structure",
+            "channels",
+            "--recipe-args",
+            '{"quantize": false}',
+        ),
+        capsys,
+    )
+    assert code == 0, stderr
+    rep = _report(out)
+    settings = rep["settings"]
+    assert rep["mode"] == "channels"
+    reduction = settings["target_macs_reduction"]
+    assert 0.3 < reduction < 0.75
+    before, after = settings["widths_before"], settings["widths_after"]
+    assert before == {"kv_heads": 2, "heads": 4, "head_dim": 24, "intermediate": 160}
+    assert after["heads"] < before["heads"] and after["intermediate"] < before["intermediate"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert (
+        config["num_attention_heads"] == after["heads"]
+        and config["intermediate_size"] == after["intermediate"]
+    )
+    assert config["num_key_value_heads"] == after["kv_heads"] and config["hidden_size"] == 96
+    # MACs per token of the decoder layers' Linear layers, from the saved shapes
+    from safetensors.torch import load_file
+
+    weights = load_file(str(out / "model" / "model.safetensors"))
+
+    def layer_macs(tensors) -> int:
+        return sum(
+            w.numel()
+            for k, w in tensors.items()
+            if k.startswith("model.layers.0.") and k.endswith("proj.weight")
+        )
+
+    dense = layer_macs(load_file(str(tiny_llama / "model.safetensors")))
+    assert layer_macs(weights) / dense == pytest.approx(settings["layer_macs_kept"], abs=1e-6)
+    assert settings["layer_macs_kept"] == pytest.approx(1 - reduction, abs=0.1)
+    assert rep["optimized"]["parameters"] < rep["baseline"]["parameters"]
+    val = (split_data / "val.txt").read_text(encoding="utf-8")
+    assert independent_perplexity(out / "model", val, windows=WINDOWS) == pytest.approx(
+        rep["perplexity"]["optimized"], rel=1e-3
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "extra", "message"),
     [
         ("bert", (), "not a causal language model"),
-        ("llama", ("--structure", "channels"), "--structure channels"),
+        ("gpt2", ("--structure", "channels"), "Llama-family layouts"),
         ("llama", ("--recipe-args", '{"qat": true}'), "qat"),
         ("llama", ("--recipe-args", '{"sparsity": 2}'), "sparsity"),
         ("llama", ("--eval-metric", "f1"), "--eval-metric"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(make, extra, message, tiny_llama, split_data, tmp_path, capsys):
-    model = tiny_llama if make == "llama" else _bert(tmp_path / "bert")
+    model = {
+        "llama": lambda: tiny_llama,
+        "bert": lambda: _bert(tmp_path / "bert"),
+        "gpt2": lambda: _gpt2(tmp_path / "gpt2"),
+    }[make]()
     capsys.readouterr()  # building the BERT folder printed a progress bar
     out = tmp_path / "out"
     code, _, stderr = run_cli(_train("training-aware", model, split_data, out, *extra), capsys)
@@ -224,6 +284,18 @@ def test_bad_input_is_one_line_and_exit_2(make, extra, message, tiny_llama, spli
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], stderr
     assert not (out / "report.json").exists() and not (out / "model").exists()
+
+
+def _gpt2(folder: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from .conftest import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def _bert(folder: Path) -> Path:

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from ..context import RunContext
-from ..errors import InputError
 from ..modifiers.base import Modifier
 from ..modifiers.training.distillation import DistillationModifier
 from ..modifiers.training.masks import FixedMasks, MaskSet
-from ..recipes import int8_wanted, sparsity_for_level, training_mode
+from ..recipes import int8_wanted, macs_reduction_for_level, sparsity_for_level, training_mode
 from ..report import EpochRecord
 from ..spec import ExperimentType
 from ..training.checkpoint import CheckpointStore, fingerprint
@@ -39,6 +38,7 @@ from .model_loading import load_model
 from .pathway import MODEL_DIR, NO_SPEED, RELOAD_TOLERANCE
 from .report import LlmCandidate, LlmReport, PerplexityReport, folder_stats
 from .schemes import SCHEMES, choose_group_size, quantized_in_features
+from .structured import LlmChannelPruner
 from .training_quantize import QuantizationChoice, candidate_builder, choose_quantization, training_candidates
 from .training_setup import LlmTrainingSetup, load_llm_setup
 
@@ -71,11 +71,6 @@ def run_sparse_transfer(ctx: RunContext) -> LlmReport:
 
 def _run(ctx: RunContext, pathway: ExperimentType, choose_model=None) -> LlmReport:
     exp = ctx.experiment
-    if exp.structure == "channels":
-        raise InputError(
-            "--structure channels is not available for text-generation training yet (docs/llm.md); "
-            "leave it out for gradual magnitude pruning"
-        )
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sparsify-llm-train-") as scratch_name:
@@ -102,6 +97,8 @@ def _run(ctx: RunContext, pathway: ExperimentType, choose_model=None) -> LlmRepo
         clock = time.perf_counter()
         tuned_ppl = perplexity.measure(model, setup.windows.held_out)
         sparsity = weight_sparsity(model)
+        tuned_parameters = sum(p.numel() for p in model.parameters())
+        plan.settings.update(_structure_settings(plan))
         tuned_folder = scratch / "fine-tuned"
         model.save_pretrained(tuned_folder)
         setup.tokenizer.save_pretrained(tuned_folder)
@@ -119,7 +116,7 @@ def _run(ctx: RunContext, pathway: ExperimentType, choose_model=None) -> LlmRepo
         reloaded = perplexity.measure(load_model(target), setup.windows.held_out)
         timings["reload_perplexity"] = _lap(clock)
         baseline_stats = folder_stats(setup.baseline.folder, parameters)
-        candidates = _candidates(quant, target, parameters) if quant else []
+        candidates = _candidates(quant, target, tuned_parameters) if quant else []
     shipped_ppl = chosen.outcome.perplexity if chosen else tuned_ppl
     shipped_sparsity = chosen.outcome.sparsity if chosen else sparsity
     ctx.telemetry.evaluation("optimized_perplexity", shipped_ppl.value)
@@ -153,7 +150,7 @@ def _run(ctx: RunContext, pathway: ExperimentType, choose_model=None) -> LlmRepo
     }
     return LlmReport.of(
         baseline=baseline_stats,
-        optimized=folder_stats(target, parameters, shipped_sparsity),
+        optimized=folder_stats(target, tuned_parameters, shipped_sparsity),
         experiment=exp.to_wire(),
         mode=plan.mode,
         settings=settings,
@@ -227,16 +224,63 @@ def _plan(ctx: RunContext, pathway: ExperimentType, setup: LlmTrainingSetup) -> 
         if setup.teacher is not None
         else "distillation teacher: the input model (dense)"
     )
-    modifiers = (
-        main_phase_modifiers(recipe, mode, model, setup.task, cfg, main_epochs, sparsity, 0.0, teacher)
-        if main_epochs
-        else []
+    reduction = (
+        recipe.macs_reduction
+        if recipe.macs_reduction is not None
+        else macs_reduction_for_level(pathway, level)
     )
+    if mode == "channels":
+        modifiers = [
+            _channel_pruner(recipe, model, setup, main_epochs, reduction),
+            *_distill(recipe, teacher),
+        ]
+    else:
+        modifiers = (
+            main_phase_modifiers(recipe, mode, model, setup.task, cfg, main_epochs, sparsity, 0.0, teacher)
+            if main_epochs
+            else []
+        )
     masks = next((m.masks for m in modifiers if hasattr(m, "masks")), None)
-    settings = {**base, "mode": mode, "target_sparsity": sparsity if mode == "unstructured" else 0.0}
+    settings = {
+        **base,
+        "mode": mode,
+        "target_sparsity": sparsity if mode == "unstructured" else 0.0,
+        "target_macs_reduction": reduction if mode == "channels" else 0.0,
+    }
     if level == 0:
         notes.append("optim level 0: the input model ships unchanged (no training, no quantization)")
     return LlmPlan(mode, main_epochs, modifiers, quantize, masks, settings, notes)
+
+
+def _channel_pruner(
+    recipe: Any, model: nn.Module, setup: LlmTrainingSetup, epochs: int, reduction: float
+) -> LlmChannelPruner:
+    """Head groups and MLP channels on the recipe's structured schedule (``training_aware``'s)."""
+    from ..pathways.training_aware import _schedule
+    from ..recipes.schema import StructuredPruningConfig
+
+    config = recipe.config(StructuredPruningConfig)
+    start, end = _schedule(config, setup.cfg.steps_per_epoch(len(setup.task.train)) * epochs)
+    return LlmChannelPruner(
+        model,
+        macs_reduction=reduction,
+        start_step=start,
+        end_step=end,
+        events=config.structured_events,
+        round_to=config.round_channels_to,
+    )
+
+
+def _structure_settings(plan: LlmPlan) -> dict[str, Any]:
+    """What channel pruning left: the layer widths and the share of the layers' MACs kept."""
+    pruner = next((m for m in plan.modifiers if isinstance(m, LlmChannelPruner)), None)
+    if pruner is None:
+        return {}
+    return {
+        "widths_before": vars(pruner.base),
+        "widths_after": vars(pruner.widths),
+        "layer_macs_kept": round(pruner.macs_kept, 6),
+    }
 
 
 def _distill(recipe: Any, teacher: nn.Module | None) -> list[Modifier]:

@@ -84,6 +84,10 @@ def load_llm_setup(
             "a .gguf file"
         )
     baseline = prepare_baseline(choice.path, scratch / "input")
+    if exp.structure == "channels" and pathway is ExperimentType.training_aware:
+        from .structured import check_layout
+
+        check_layout(baseline.folder)
     tokenizer = load_tokenizer(baseline.folder)
     windows = load_windows(
         ctx.data_path,
