@@ -458,3 +458,16 @@ def test_sweep_fans_out_with_its_parallelism(cluster, admin_api, operator, names
     assert len(children.seen) == len(levels)
     # never more than `parallelism` children unfinished at once, and it did run two side by side
     assert children.max_unfinished == 2
+
+
+def test_cel_rule_rejects_a_bad_experiment_on_the_full_apiserver(cluster, admin_api, release, namespace):
+    from kubernetes.client.exceptions import ApiException
+
+    doc = copy.deepcopy(_example("one-shot.yaml"))
+    doc["metadata"]["name"] = "no-model"
+    del doc["spec"]["experiment"]["model"]
+    with pytest.raises(ApiException) as refused:
+        _apply(admin_api, doc)
+    assert refused.value.status == 422
+    assert "one-shot needs spec.experiment.model" in json.loads(refused.value.body)["message"]
+    assert _experiment(admin_api, "no-model") is None
