@@ -144,14 +144,16 @@ class _TextStops:
     """Generated ids -> text released so far: holds back an incomplete UTF-8 character and any
     tail that could be the start of a stop string; cuts at the first stop string."""
 
-    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
+    def __init__(self, tokenizer, stops: Sequence[str], lock: threading.Lock | None = None) -> None:
         self.tokenizer, self.stops = tokenizer, list(stops)
+        self.lock = lock or threading.Lock()
         self.ids: list[int] = []
         self.sent = 0
         self.longest = max((len(s) for s in self.stops), default=0)
 
     def _text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        with self.lock:
+            return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
     def add(self, token: int) -> tuple[str, bool]:
         """(new text, whether a stop string ended it)."""
@@ -196,6 +198,9 @@ class TextGenerator:
         self.name = source.name
         self.folder = source.folder
         self.tokenizer = self.model.tokenizer
+        # transformers resets the fast tokenizer's truncation/padding on every call, a mutation the
+        # Rust side refuses while another thread uses it ("Already borrowed"): one call at a time
+        self.tokenizer_lock = threading.Lock()
         self.context = int(self.model.info.max_positions)
         self.eos = set(self.model.eos_token_ids)
         self.created = int(time.time())
@@ -203,7 +208,8 @@ class TextGenerator:
     # ---- prompts -------------------------------------------------------------------------
     def encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
-            ids = list(self.tokenizer(prompt)["input_ids"])
+            with self.tokenizer_lock:
+                ids = list(self.tokenizer(prompt)["input_ids"])
         else:
             vocab = int(self.model.info.vocab_size)
             if any(not 0 <= t < vocab for t in prompt):
@@ -225,12 +231,16 @@ class TextGenerator:
                 "chat_template.jinja); use /v1/completions with a plain prompt"
             )
         try:
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            with self.tokenizer_lock:
+                text = self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
         except Exception as err:  # jinja2's TemplateError (raise_exception in the template) and friends
-            raise RequestError(
-                f"the chat template refused the messages: {str(err).splitlines()[0][:200]}"
-            ) from None
-        return self.encode(list(self.tokenizer(text, add_special_tokens=False)["input_ids"]))
+            first = (str(err).splitlines() or [type(err).__name__])[0][:200]
+            raise RequestError(f"the chat template refused the messages: {first}") from None
+        with self.tokenizer_lock:
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.encode(ids)
 
     def budget(self, prompt_tokens: int, requested: int | None, default: int | None) -> int:
         """New tokens for a prompt: what the request asked for (400 past the context), else the
@@ -278,7 +288,7 @@ class TextGenerator:
     ) -> Iterator[Step]:
         """One :class:`Step` per generated token; the last one carries ``finish``: "stop" (an
         end-of-sequence token or a stop string, which is not part of the text) or "length"."""
-        text = _TextStops(self.tokenizer, stops)
+        text = _TextStops(self.tokenizer, stops, self.tokenizer_lock)
         for count, (token, seconds) in enumerate(
             self.tokens(prompt_ids, max_new_tokens, sampling, cancel), 1
         ):
