@@ -127,7 +127,8 @@ class _Generation:
         m = self.metrics
 
         def put(item) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # the loop closed under a generation (shutdown)
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             # the lock is taken in the thread: a cancelled request can never release it early
