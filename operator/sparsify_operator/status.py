@@ -11,6 +11,10 @@ Use it without a cluster (tests, the runner-I/O end-to-end test)::
 A pod dict needs only ``status.containerStatuses[].state.terminated.message`` (the JSON
 ``RunSummary`` the runner writes to ``/dev/termination-log``) to carry results; e.g. build
 one with ``pod_with_termination_message(message, exit_code)``.
+
+A JobSet (``spec.nodes`` > 1) goes through the same mapping: ``job_observed`` reads it as a Job
+(``jobset_as_job``: Completed -> Complete, Failed -> Failed, Suspended -> ``spec.suspend``) and
+takes the results from node rank 0's pods (``leader_pods``).
 """
 
 from __future__ import annotations
