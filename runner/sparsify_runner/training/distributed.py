@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from .loop import distributed
+from .loop import device_for_run, distributed
 
 
 def init_distributed() -> None:
-    """Join the process group when torchrun started several ranks (NCCL on GPUs, else gloo)."""
+    """Join the process group when torchrun started several ranks (NCCL on GPUs, else gloo).
+
+    On GPUs each rank first makes its own GPU (``LOCAL_RANK``) the current device, so NCCL
+    calls that name no tensor (the final ``barrier``) never put two ranks on GPU 0."""
     _, world = distributed()
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            device = device_for_run()
+            torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl", device_id=device)
+        else:
+            torch.distributed.init_process_group("gloo")
 
 
 def finish_distributed() -> None:
