@@ -239,3 +239,21 @@ def test_missing_jobset_crd_is_one_line_naming_spec_nodes_and_the_fix():
     assert message.startswith("spec.nodes: 4 nodes") and "install JobSet" in message and "\n" not in message
     conds = {c["type"]: c["status"] for c in update.patch["conditions"]}
     assert conds == {"JobCreated": "False", "Failed": "True"}
+
+
+def test_a_sweep_template_with_nodes_gives_every_point_a_jobset():
+    from sparsify_operator.sweep_reconcile import plan
+
+    template = _cr(nodes=2, gpus=4)["spec"]
+    sweep = {
+        "apiVersion": "sparsify.dev/v1alpha1",
+        "kind": "SparsifySweep",
+        "metadata": {"name": "grid", "namespace": "ml", "uid": "s-1", "generation": 1},
+        "spec": {"template": template, "optimLevels": [0.4, 0.6], "parallelism": 2},
+    }
+    children = plan(sweep, []).create
+    assert len(children) == 2
+    for child in children:
+        assert child["spec"]["nodes"] == 2
+        js = build_jobset({**child, "metadata": {**child["metadata"], "uid": "c-1"}}, OperatorSettings())
+        assert js["spec"]["replicatedJobs"][0]["template"]["spec"]["completions"] == 2
