@@ -40,6 +40,7 @@ _FLAG_FOR = {
     "spec.storage.endpoint": "--endpoint",
     "spec.storage.secretRef.name": "--secret",
     "spec.gpus": "--gpus",
+    "spec.nodes": "--nodes",
     "spec.queueName": "--queue",
     "spec.image": "--image",
     "spec.resources.requests.cpu": "--cpu",
@@ -138,6 +139,8 @@ def build_manifest(experiment_type: str, flags: dict[str, Any], **opts: Any) -> 
         meta_name = _dns_name(f"{exp.type.value}-{exp.use_case}")[:56] + f"-{digest}"
     gpus = opts.get("gpus")
     spec: dict[str, Any] = {"experiment": wire, "gpus": default_gpus(exp) if gpus is None else gpus}
+    if opts.get("nodes") is not None:
+        spec["nodes"] = opts["nodes"]
     for key, opt in (("image", "image"), ("queueName", "queue"), ("priorityClassName", "priority_class")):
         if opts.get(opt):
             spec[key] = opts[opt]
@@ -224,6 +227,12 @@ def generate_command(
         help="GPUs (nvidia.com/gpu); 0 = CPU. Default: 0 for one-shot with a cpu deploy target, 1 for "
         "the training types or a cuda target (serve: 1 for a cuda deploy target).",
     ),
+    nodes: int | None = typer.Option(
+        None,
+        "--nodes",
+        help="Pods for one training run (default 1); more than one runs a JobSet of pods joined by "
+        "torchrun, each with --gpus GPUs (needs JobSet in the cluster).",
+    ),
     queue: str | None = typer.Option(None, "--queue", help="Kueue LocalQueue name."),
     image: str | None = typer.Option(None, "--image", help="Runner image (default: the operator's)."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace of the experiment."),
@@ -271,6 +280,8 @@ def generate_command(
         _fail(f"--format must be yaml or json, got '{fmt}'")
     if gpus is not None and (gpus < 0 or gpus > 16):
         _fail(f"--gpus must be between 0 and 16, got {gpus}")
+    if nodes is not None and (nodes < 1 or nodes > 64):
+        _fail(f"--nodes must be between 1 and 64, got {nodes}")
     selector: dict[str, str] = {}
     for item in node_selector or []:
         if "=" not in item:
@@ -308,6 +319,7 @@ def generate_command(
             experiment_type,
             flags or {},
             gpus=gpus,
+            nodes=nodes,
             queue=queue,
             image=image,
             namespace=namespace,

@@ -120,7 +120,7 @@ def validate_spec(experiment: dict[str, Any]) -> ValidSpec:
     if spec.nodes > 1 and exp.type not in DISTRIBUTED_TYPES:
         raise SpecError(
             "spec.nodes",
-            f"{exp.type} runs in one process on one node; set spec.nodes: 1 "
+            f"{exp.type.value} runs in one process on one node; set spec.nodes: 1 "
             "(more nodes serve training-aware and sparse-transfer)",
         )
     return ValidSpec(spec, exp)

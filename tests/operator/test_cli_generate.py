@@ -206,6 +206,26 @@ def test_generate_same_experiment_as_run_flags():
             "optim",
         ),
         (["zero-shot", "--use-case", "ic"], "unknown experiment type"),
+        (
+            [
+                "one-shot",
+                "--use-case",
+                "ic",
+                "--model",
+                "s3://m",
+                "--data",
+                "s3://d",
+                "--output",
+                "s3://o",
+                "--nodes",
+                "2",
+            ],
+            "one-shot runs in one process on one node",
+        ),
+        (
+            ["training-aware", *CASES["training-aware"], "--output", "s3://o", "--nodes", "0"],
+            "--nodes must be between 1 and 64",
+        ),
     ],
 )
 def test_bad_flags_one_line_exit_2(args, expected):
@@ -214,6 +234,13 @@ def test_bad_flags_one_line_exit_2(args, expected):
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+def test_generate_nodes_for_a_multi_node_training_run():
+    proc = _ctl("generate", "training-aware", *CASES["training-aware"], *PLACEMENT, "--nodes", "3")
+    assert proc.returncode == 0, proc.stderr
+    cr = SparsifyExperiment.model_validate(yaml.safe_load(proc.stdout))
+    assert (cr.spec.nodes, cr.spec.gpus) == (3, 2)
 
 
 def test_crd_command_prints_the_generated_crd():
