@@ -18,7 +18,7 @@ from pathlib import Path
 from ..context import RunContext
 from ..errors import InputError
 from ..spec import Objective
-from . import perplexity
+from . import generations, perplexity
 from .choose import SearchResult, search
 from .compress import CandidateOutcome, run_candidate
 from .levels import LlmPolicy, llm_policy
@@ -94,7 +94,11 @@ def run(ctx: RunContext) -> LlmReport:
         ctx.telemetry.stage("evaluate")
         base_ppl = perplexity.measure(dense, windows.held_out)
         timings["baseline_perplexity"] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+        prompts = generations.prompts_from(windows.held_out)
+        dense_generated = generations.greedy(dense, prompts, tokenizer.eos_token_id)
         del dense
+        generation_seconds = time.perf_counter() - clock
         ctx.telemetry.evaluation("baseline_perplexity", base_ppl.value)
 
         def build(scheme: SchemeName) -> CandidateOutcome:
@@ -120,8 +124,14 @@ def run(ctx: RunContext) -> LlmReport:
             ship_baseline(baseline, target)
         else:
             shutil.move(str(chosen.outcome.folder), target)
-        reloaded = perplexity.measure(load_model(target), windows.held_out)
+        shipped_model = load_model(target)
+        reloaded = perplexity.measure(shipped_model, windows.held_out)
         timings["reload_perplexity"] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+        shipped_generated = generations.greedy(shipped_model, prompts, tokenizer.eos_token_id)
+        del shipped_model
+        generated = generations.compare(tokenizer, prompts, dense_generated, shipped_generated)
+        timings["generations"] = round(generation_seconds + time.perf_counter() - clock, 3)
         shipped_ppl = chosen.outcome.perplexity if chosen else base_ppl
         cpu_export = None
         if to_cpu and (chosen is None or chosen.scheme in CPU_EXPORTED):
@@ -168,8 +178,10 @@ def run(ctx: RunContext) -> LlmReport:
         candidates=candidates,
         perplexity=ppl_report,
         data=windows.describe(),
+        generations=generated,
         speedup_source=speed_source,
         notes=_notes(baseline, group, policy, ppl_report, shipped_ppl, reloaded, exp.objective)
+        + [generated.note()]
         + _cpu_notes(cpu_export),
         timings_s=timings,
         cpu_export=cpu_export,

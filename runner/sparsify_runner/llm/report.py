@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from ..report import CandidateRecord, LatencyStats, ModelStats, Report, SpeedComparison
+from .generations import GenerationsReport
 
 GZIP_LEVEL = 1
 """Fast deflate for multi-GB folders; zeros and repeated bytes still shrink."""
@@ -86,6 +87,9 @@ class LlmReport(Report):
         None, description="the onnxruntime CPU export and its decode speed (--deploy-device cpu)"
     )
     data: dict = Field(default_factory=dict, description="where calibration and held-out windows came from")
+    generations: GenerationsReport | None = Field(
+        None, description="greedy continuations of a few held-out prompts by the dense and the shipped model"
+    )
 
 
 def folder_stats(folder: Path, parameters: int, sparsity: float = 0.0) -> ModelStats:

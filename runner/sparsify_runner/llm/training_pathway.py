@@ -28,6 +28,7 @@ from ..recipes import int8_wanted, macs_reduction_for_level, sparsity_for_level,
 from ..report import EpochRecord
 from ..spec import ExperimentType
 from ..training.checkpoint import CheckpointStore, fingerprint
+from ..training.distributed import finish_distributed, init_distributed
 from ..training.loading import copy_model
 from ..training.loop import distributed
 from ..training.phases import run_main_phase, with_epochs
@@ -311,9 +312,11 @@ def _train(
     ctx.telemetry.stage(
         "train-prune" if plan.mode == "unstructured" and pathway is ExperimentType.training_aware else "train"
     )
+    init_distributed()  # under torchrun all ranks train (DDP), then only rank 0 goes on
     result = run_main_phase(
         ctx, setup.task, model, with_epochs(setup.cfg, plan.main_epochs), store, plan.modifiers, (0.0, 0.8)
     )
+    finish_distributed()
     return result.model.cpu().eval(), result.history, [*result.notes, *store.notes]
 
 
