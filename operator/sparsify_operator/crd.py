@@ -60,8 +60,8 @@ EXPERIMENT_RULES.append(
         + "["
         + ", ".join(f"'{a}'" for a in _TRAINING_ALIASES)
         + "]",
-        "message": "sparse-transfer and training-aware support image-classification and "
-        "text-classification (custom use cases work with one-shot)",
+        "message": "sparse-transfer and training-aware support image-classification, "
+        "text-classification, object-detection and text-generation (custom use cases work with one-shot)",
         "fieldPath": ".useCase",
     }
 )

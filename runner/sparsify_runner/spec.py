@@ -89,10 +89,15 @@ USE_CASE_ALIASES: dict[str, tuple[str, ...]] = {
     UseCase.text_generation: ("text_generation", "nlg", "causal-lm", "nlp-text_generation", "llm"),
 }
 TEXT_GENERATION = UseCase.text_generation
-TRAINING_USE_CASES = (UseCase.image_classification, UseCase.text_classification, UseCase.object_detection)
+TRAINING_USE_CASES = (
+    UseCase.image_classification,
+    UseCase.text_classification,
+    UseCase.object_detection,
+    UseCase.text_generation,
+)
 TRAINING_NOTE = (
     "image-classification, text-classification (also sentiment-analysis and document-classification), "
-    "object-detection"
+    "object-detection, text-generation"
 )
 DETECTION_METRICS = ("mAP", "mAP50")
 
@@ -312,10 +317,7 @@ class Experiment(_Model):
     def _cross_field(self) -> Experiment:
         if self.type in (ExperimentType.one_shot, ExperimentType.training_aware) and not self.model:
             raise ValueError(f"{self.type.value} needs a model; pass --model")
-        # text-generation trains in the runner (llm/training_pathway.py); the CRD rule (TRAINING_USE_CASES)
-        # does not accept it yet
-        trainable = (*TRAINING_USE_CASES, UseCase.text_generation)
-        if self.type != ExperimentType.one_shot and self.use_case not in trainable:
+        if self.type != ExperimentType.one_shot and self.use_case not in TRAINING_USE_CASES:
             raise ValueError(
                 f"use case '{self.use_case}' is not supported for {self.type.value}; training supports "
                 f"{TRAINING_NOTE}; other use cases work with one-shot on an ONNX model"

@@ -243,6 +243,15 @@ def test_generate_nodes_for_a_multi_node_training_run():
     assert (cr.spec.nodes, cr.spec.gpus) == (3, 2)
 
 
+def test_generate_training_aware_text_generation_passes_the_crd_rules():
+    args = ["--use-case", "text-generation", "--model", "s3://m/llm/", "--data", "s3://d/speeches/"]
+    proc = _ctl("generate", "training-aware", *args, "--output", "s3://o/run")
+    assert proc.returncode == 0, proc.stderr
+    doc = yaml.safe_load(proc.stdout)
+    assert doc["spec"]["experiment"]["useCase"] == "text-generation"
+    assert _experiment_rules_pass(doc["spec"]["experiment"]) == []
+
+
 def test_crd_command_prints_the_generated_crd():
     from sparsify_operator import crd
 
