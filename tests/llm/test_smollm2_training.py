@@ -53,7 +53,7 @@ def test_smollm2_training_aware(smollm2, speeches, tmp_path, capsys):  # noqa: F
     assert ppl["reloaded"] == pytest.approx(ppl["optimized"], rel=1e-3)
     built = [c for c in rep["candidates"] if c["perplexity"] is not None]
     assert built and built[0]["name"] == "w4a16" and built[0]["sparsity"] >= 0.29
-    assert [r["phase"] for r in rep["training"]] == ["main", "main"]
+    assert [r["phase"] for r in rep["training"]] == ["main"]
     print(
         json.dumps(
             {
