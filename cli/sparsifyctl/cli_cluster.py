@@ -291,7 +291,7 @@ def generate_command(
     serve_opts = {"--from": source, "--service-account": service_account, "--runtime": runtime}
     serve_opts["--context"] = context
     if experiment_type == "serve":
-        job_flags = {"--queue": queue, "--image": image, "--priority-class": priority_class,
+        job_flags = {"--nodes": nodes, "--queue": queue, "--image": image, "--priority-class": priority_class,
                      "--backoff-limit": backoff_limit, "--deadline": deadline, "--suspend": suspend or None,
                      "--hf-token-secret": hf_token_secret, "--model-cache-pvc": model_cache_pvc}
         flags = {**(flags or {}), **{f: v for f, v in job_flags.items() if v is not None}}
