@@ -165,11 +165,29 @@ class Kube:
         ]
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(self._jobs(namespace, name))
+
+    def _get_or_none(self, path: str) -> Any:
+        """GET ``path``; None where it does not exist (404)."""
         try:
-            return self.request("GET", self._jobs(namespace, name))
+            return self.request("GET", path)
         except ApiError as err:
             if err.status == 404:
                 return None
+            raise
+
+    def _delete_in_background(self, path: str) -> bool:
+        """DELETE ``path`` with background propagation (the GC removes its pods); False if it was gone."""
+        try:
+            self.request(
+                "DELETE",
+                path,
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+            )
+            return True
+        except ApiError as err:
+            if err.status == 404:
+                return False
             raise
 
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -179,28 +197,13 @@ class Kube:
         return self.request("PATCH", self._jobs(namespace, name), body=patch, content_type=MERGE_PATCH)
 
     def delete_job(self, namespace: str, name: str) -> bool:
-        try:
-            self.request(
-                "DELETE",
-                self._jobs(namespace, name),
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            )
-            return True
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
+        return self._delete_in_background(self._jobs(namespace, name))
 
     # ---- API discovery -----------------------------------------------------------------------
     def serves(self, group_version: str, plural: str) -> bool:
         """Whether the API server serves ``plural`` in ``group_version`` (e.g. a CRD is installed):
         the group/version's discovery document (readable by every authenticated user)."""
-        try:
-            found = self.request("GET", f"/apis/{group_version}")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
+        found = self._get_or_none(f"/apis/{group_version}")
         return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
     # ---- jobsets (jobset.x-k8s.io, spec.nodes > 1) ----------------------------------------------
@@ -212,12 +215,7 @@ class Kube:
         return f"{base}/{quote(name)}" if name else base
 
     def get_jobset(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self.request("GET", self._jobsets(namespace, name))
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
+        return self._get_or_none(self._jobsets(namespace, name))
 
     def list_jobsets(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
@@ -235,17 +233,7 @@ class Kube:
         return self.request("PATCH", self._jobsets(namespace, name), body=patch, content_type=MERGE_PATCH)
 
     def delete_jobset(self, namespace: str, name: str) -> bool:
-        try:
-            self.request(
-                "DELETE",
-                self._jobsets(namespace, name),
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            )
-            return True
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
+        return self._delete_in_background(self._jobsets(namespace, name))
 
     def list_jobset_pods(self, namespace: str, jobset_name: str) -> list[dict[str, Any]]:
         from .jobset import LABEL_JOBSET_NAME
@@ -267,10 +255,4 @@ class Kube:
         return self.request("GET", path, query=query, raw=True)
 
     def secret_exists(self, namespace: str, name: str) -> bool:
-        try:
-            self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
-            return True
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
+        return self._get_or_none(f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}") is not None

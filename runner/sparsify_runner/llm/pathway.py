@@ -370,6 +370,17 @@ def _settings(settings: LlmSettings, group: GroupChoice, baseline: Baseline, win
     }
 
 
+def reload_note(reloaded: perplexity.Perplexity, shipped: perplexity.Perplexity) -> str:
+    """Whether transformers reloads the published folder to the perplexity measured before saving."""
+    drift = abs(reloaded.value / shipped.value - 1.0)
+    if drift <= RELOAD_TOLERANCE:
+        return f"transformers reloads the published folder to perplexity {reloaded.value:.3f} (same model)"
+    return (
+        f"the published folder reloads to perplexity {reloaded.value:.3f}, {drift:.2%} away from the "
+        f"{shipped.value:.3f} measured before saving"
+    )
+
+
 def _notes(baseline, group, policy, ppl, shipped_ppl, reloaded, objective) -> list[str]:
     notes = list(baseline.notes)
     if group.note and any(SCHEMES[s].grouped for s in policy.schemes):
@@ -382,16 +393,7 @@ def _notes(baseline, group, policy, ppl, shipped_ppl, reloaded, objective) -> li
         f"{ppl.increase_interval[1]:+.2%}) against a "
         f"budget of +{ppl.budget:.1%}"
     )
-    drift = abs(reloaded.value / shipped_ppl.value - 1.0)
-    if drift <= RELOAD_TOLERANCE:
-        notes.append(
-            f"transformers reloads the published folder to perplexity {reloaded.value:.3f} (same model)"
-        )
-    else:
-        notes.append(
-            f"the published folder reloads to perplexity {reloaded.value:.3f}, {drift:.2%} away from the "
-            f"{shipped_ppl.value:.3f} measured before saving"
-        )
+    notes.append(reload_note(reloaded, shipped_ppl))
     if objective is Objective.size and any(SCHEMES[s].sparsity for s in policy.schemes):
         notes.append(
             "sparsity makes the weights compress better but buys no speed: vLLM and onnxruntime "

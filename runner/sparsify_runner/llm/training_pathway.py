@@ -36,7 +36,7 @@ from . import perplexity
 from .compress import weight_sparsity
 from .levels import llm_policy
 from .model_loading import load_model
-from .pathway import MODEL_DIR, NO_SPEED, RELOAD_TOLERANCE
+from .pathway import MODEL_DIR, NO_SPEED, reload_note
 from .report import LlmCandidate, LlmReport, PerplexityReport, folder_stats
 from .schemes import SCHEMES, choose_group_size, quantized_in_features
 from .structured import LlmChannelPruner
@@ -422,14 +422,5 @@ def _notes(
         f"({ppl.increase:+.2%}, 90% {ppl.increase_interval[0]:+.2%} to {ppl.increase_interval[1]:+.2%}; "
         f"level budget +{ppl.budget:.1%})"
     ]
-    drift = abs(reloaded.value / shipped.value - 1.0)
-    if drift <= RELOAD_TOLERANCE:
-        notes.append(
-            f"transformers reloads the published folder to perplexity {reloaded.value:.3f} (same model)"
-        )
-    else:
-        notes.append(
-            f"the published folder reloads to perplexity {reloaded.value:.3f}, {drift:.2%} away from the "
-            f"{shipped.value:.3f} measured before saving"
-        )
+    notes.append(reload_note(reloaded, shipped))
     return notes
