@@ -345,17 +345,21 @@ def _candidates(result: SearchResult[CandidateOutcome], shipped: Path, parameter
                 note="accuracy_drop is the relative perplexity increase over the dense model",
             )
         )
-    for scheme in result.skipped:
-        records.append(
-            LlmCandidate(
-                name=scheme.value,
-                scheme=SCHEMES[scheme].how,
-                chosen=False,
-                stage="quantization",
-                note="not built: a more compressed candidate was already within budget",
-            )
+    return records + not_built(result.skipped)
+
+
+def not_built(skipped) -> list[LlmCandidate]:
+    """Report rows for the schemes the search never built (a more compressed one was within budget)."""
+    return [
+        LlmCandidate(
+            name=scheme.value,
+            scheme=SCHEMES[scheme].how,
+            chosen=False,
+            stage="quantization",
+            note="not built: a more compressed candidate was already within budget",
         )
-    return records
+        for scheme in skipped
+    ]
 
 
 def _settings(settings: LlmSettings, group: GroupChoice, baseline: Baseline, windows: TextWindows) -> dict:

@@ -36,7 +36,7 @@ from . import perplexity
 from .compress import weight_sparsity
 from .levels import llm_policy
 from .model_loading import load_model
-from .pathway import MODEL_DIR, NO_SPEED, reload_note
+from .pathway import MODEL_DIR, NO_SPEED, not_built, reload_note
 from .report import LlmCandidate, LlmReport, PerplexityReport, folder_stats
 from .schemes import SCHEMES, choose_group_size, quantized_in_features
 from .structured import LlmChannelPruner
@@ -400,17 +400,7 @@ def _candidates(quant: QuantizationChoice, shipped: Path, parameters: int) -> li
                 note="accuracy_drop is the relative perplexity increase over policy.reason's reference",
             )
         )
-    for scheme in quant.result.skipped:
-        records.append(
-            LlmCandidate(
-                name=scheme.value,
-                scheme=SCHEMES[scheme].how,
-                chosen=False,
-                stage="quantization",
-                note="not built: a more compressed candidate was already within budget",
-            )
-        )
-    return records
+    return records + not_built(quant.result.skipped)
 
 
 def _notes(
